@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need
+# (idempotent, quiet when already present). Run as root on Debian 12.
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: demo test deps lint bench fuzz
+
+deps:
+	@bash scripts/deps.sh
+
+demo: deps
+	$(CARGO) run --release -q -p xdpnet-bench -- pipeline
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
+
+test: deps lint
+	$(CARGO) test --workspace --release
+
+bench: deps
+	$(CARGO) bench -p xdpnet-bench
+
+fuzz: deps
+	bash scripts/fuzz.sh

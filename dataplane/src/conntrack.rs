@@ -1,0 +1,878 @@
+//! Connection tracking shared by all workers: 5-tuple -> NAT binding, both directions.
+//!
+//! Layout: a fixed array of buckets of 16 slots. A bucket header (one cache line) holds 16
+//! 16-bit tags (from the key's hash) and a writer lock; a slot (32 bytes) holds one entry:
+//! key tuple, translated tuple, state flags and a coarse last-seen time.
+//!
+//! Concurrency:
+//! - Readers (workers, every packet) never lock: they match tags, then read the slot under a
+//!   per-slot sequence counter (seqlock) and verify the full key. A torn read is retried.
+//! - Writers (new flows, deletes, GC) take the bucket's spin lock for a few dozen nanoseconds;
+//!   there is no global lock. Insert is insert-if-absent under that lock, so two workers racing
+//!   on the first packets of one flow agree on one binding.
+//! - Hot-path updates (last seen, TCP flags) are a compare-and-swap on the slot's meta word,
+//!   made only when the value changes (about once per second per flow).
+//!
+//! Every flow has two entries: the original direction (key = tuple as the client sent it,
+//! value = tuple after NAT) and the reply direction (key = reverse of the translated tuple,
+//! value = reverse of the original). Translating a packet is "rewrite its tuple to the value".
+//!
+//! Bounded: when a bucket is full, an expired or else the least recently seen entry of that
+//! bucket is evicted (with its partner). GC walks buckets incrementally from a cursor and never
+//! stalls workers: it holds one bucket lock at a time.
+//!
+//! Never allocates after construction; no unsafe code.
+
+use crate::hash::{mix64, random_seed};
+use crate::wire::proto;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+
+/// An IPv4 5-tuple (host-order addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Tuple {
+    /// Source address.
+    pub src: u32,
+    /// Destination address.
+    pub dst: u32,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+}
+
+impl Tuple {
+    /// The tuple of a packet going the other way.
+    #[inline]
+    pub fn reverse(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+    #[inline]
+    fn hash(&self, seed: u64) -> u64 {
+        crate::hash::flow_hash(seed, self.src, self.dst, self.sport, self.dport, self.proto)
+    }
+}
+
+/// Entry state flags.
+pub mod flags {
+    /// TCP SYN seen in this direction.
+    pub const SYN: u8 = 0x01;
+    /// TCP FIN seen in this direction.
+    pub const FIN: u8 = 0x02;
+    /// TCP RST seen in this direction.
+    pub const RST: u8 = 0x04;
+    /// A packet matched this entry (for the reply entry: the flow is established).
+    pub const SEEN: u8 = 0x08;
+    /// This is the reply-direction entry.
+    pub const REPLY: u8 = 0x10;
+    /// The flow came in on the uplink; replies go back out to `mac_idx`'s MAC.
+    pub const UPLINK: u8 = 0x20;
+    /// A ClientIP session-affinity record, not a flow.
+    pub const AFFINITY: u8 = 0x40;
+    /// Slot in use.
+    pub const USED: u8 = 0x80;
+}
+
+/// Timeouts in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP until a reply was seen.
+    pub tcp_syn: u32,
+    /// TCP with traffic both ways.
+    pub tcp_established: u32,
+    /// TCP after RST, or FIN in both directions.
+    pub tcp_closing: u32,
+    /// UDP one way.
+    pub udp: u32,
+    /// UDP with replies.
+    pub udp_stream: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn: 60,
+            tcp_established: 21_600,
+            tcp_closing: 10,
+            udp: 30,
+            udp_stream: 120,
+        }
+    }
+}
+
+/// Seconds per clock tick of the coarse last-seen time (16 bits of 2 s: 36 hours of range,
+/// enough for any timeout here including 24 h affinity; GC runs far more often).
+pub const TICK_SECS: u32 = 2;
+
+/// A coarse timestamp: seconds since some start, as the tables store it.
+#[inline]
+pub fn tick(now_secs: u32) -> u16 {
+    (now_secs / TICK_SECS) as u16
+}
+
+#[inline]
+fn age_secs(now: u16, then: u16) -> u32 {
+    now.wrapping_sub(then) as u32 * TICK_SECS
+}
+
+/// A copy of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The tuple packets of this direction arrive with.
+    pub key: Tuple,
+    /// The tuple to rewrite them to.
+    pub xlate: Tuple,
+    /// [`flags`].
+    pub flags: u8,
+    /// Last seen, in ticks.
+    pub last_seen: u16,
+    /// Index into the MAC table (flows from the uplink).
+    pub mac_idx: u16,
+}
+
+/// A lookup hit: the entry and where it lives (for updates).
+#[derive(Debug, Clone, Copy)]
+pub struct Hit {
+    /// The entry.
+    pub entry: Entry,
+    slot: u32,
+    seq: u16,
+}
+
+/// Why an insert did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    /// The reply tuple of the new binding is already used by another flow.
+    #[error("reply tuple already in use")]
+    ReplyCollision,
+}
+
+const SLOTS: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Bucket {
+    tags: [AtomicU64; 4],
+    lock: AtomicU32,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(32))]
+struct Slot([AtomicU64; 4]);
+
+// meta word: seq:16 | proto:8 | flags:8 | last_seen:16 | mac_idx:16
+#[inline]
+fn meta(seq: u16, proto: u8, flags: u8, last: u16, mac: u16) -> u64 {
+    ((seq as u64) << 48)
+        | ((proto as u64) << 40)
+        | ((flags as u64) << 32)
+        | ((last as u64) << 16)
+        | mac as u64
+}
+#[inline]
+fn m_seq(m: u64) -> u16 {
+    (m >> 48) as u16
+}
+#[inline]
+fn m_proto(m: u64) -> u8 {
+    (m >> 40) as u8
+}
+#[inline]
+fn m_flags(m: u64) -> u8 {
+    (m >> 32) as u8
+}
+#[inline]
+fn m_last(m: u64) -> u16 {
+    (m >> 16) as u16
+}
+
+#[inline]
+fn pack(key: &Tuple, x: &Tuple) -> [u64; 3] {
+    [
+        ((key.src as u64) << 32) | key.dst as u64,
+        ((key.sport as u64) << 48)
+            | ((key.dport as u64) << 32)
+            | ((x.sport as u64) << 16)
+            | x.dport as u64,
+        ((x.src as u64) << 32) | x.dst as u64,
+    ]
+}
+
+#[inline]
+fn unpack(m: u64, w: [u64; 3]) -> (Tuple, Tuple) {
+    let p = m_proto(m);
+    (
+        Tuple {
+            src: (w[0] >> 32) as u32,
+            dst: w[0] as u32,
+            sport: (w[1] >> 48) as u16,
+            dport: (w[1] >> 32) as u16,
+            proto: p,
+        },
+        Tuple {
+            src: (w[2] >> 32) as u32,
+            dst: w[2] as u32,
+            sport: (w[1] >> 16) as u16,
+            dport: w[1] as u16,
+            proto: p,
+        },
+    )
+}
+
+/// The tag stored for a hash: never 0 (0 marks a free lane).
+#[inline]
+fn tag_of(h: u64) -> u16 {
+    ((h >> 48) as u16) | 1
+}
+
+/// Statistics of one GC step.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcStats {
+    /// Buckets visited.
+    pub buckets: usize,
+    /// Entries removed.
+    pub removed: usize,
+}
+
+/// The connection tracking table.
+#[derive(Debug)]
+pub struct Conntrack {
+    buckets: Box<[Bucket]>,
+    slots: Box<[Slot]>,
+    mask: u64,
+    seed: u64,
+    len: AtomicUsize,
+    evictions: AtomicU64,
+    gc_cursor: AtomicUsize,
+    timeouts: Timeouts,
+    macs: MacTable,
+}
+
+struct BucketLock<'a>(&'a AtomicU32);
+
+impl Drop for BucketLock<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+impl Conntrack {
+    /// A table for at least `capacity` entries (two per flow), rounded up to a power of two of
+    /// buckets; sized so that the expected load stays at or below one half.
+    pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
+        let buckets = (capacity.max(SLOTS) * 2)
+            .div_ceil(SLOTS)
+            .next_power_of_two();
+        Self {
+            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
+            slots: (0..buckets * SLOTS).map(|_| Slot::default()).collect(),
+            mask: buckets as u64 - 1,
+            seed: random_seed(),
+            len: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
+            gc_cursor: AtomicUsize::new(0),
+            timeouts,
+            macs: MacTable::new(),
+        }
+    }
+
+    /// Entries in use (two per flow).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Slots in total.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+    /// Live entries evicted because their bucket was full.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+    /// The MAC table for uplink flows.
+    pub fn macs(&self) -> &MacTable {
+        &self.macs
+    }
+
+    /// The hash the table uses for `t` (compute once per packet, pass to `lookup_hashed`).
+    #[inline]
+    pub fn hash(&self, t: &Tuple) -> u64 {
+        t.hash(self.seed)
+    }
+
+    /// Touches the bucket header for `hash` so a later lookup finds it in cache. Issued for a
+    /// whole batch before the lookups, the misses overlap.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) -> u64 {
+        self.buckets[(hash & self.mask) as usize].tags[0].load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn read_slot(&self, i: usize) -> Option<(u64, [u64; 3])> {
+        let s = &self.slots[i].0;
+        for _ in 0..64 {
+            let m0 = s[0].load(Ordering::Acquire);
+            if m_seq(m0) & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let w = [
+                s[1].load(Ordering::Relaxed),
+                s[2].load(Ordering::Relaxed),
+                s[3].load(Ordering::Relaxed),
+            ];
+            fence(Ordering::Acquire);
+            let m1 = s[0].load(Ordering::Relaxed);
+            if m_seq(m1) == m_seq(m0) {
+                return Some((m1, w));
+            }
+        }
+        None
+    }
+
+    /// Looks up `key` (with `hash` from [`Conntrack::hash`]).
+    #[inline]
+    pub fn lookup_hashed(&self, key: &Tuple, hash: u64) -> Option<Hit> {
+        let b = (hash & self.mask) as usize;
+        let tag = tag_of(hash);
+        let want = pack(key, &Tuple::default());
+        for (w, word) in self.buckets[b].tags.iter().enumerate() {
+            let tags = word.load(Ordering::Acquire);
+            if tags == 0 {
+                continue;
+            }
+            for lane in 0..4 {
+                if (tags >> (lane * 16)) as u16 != tag {
+                    continue;
+                }
+                let i = b * SLOTS + w * 4 + lane;
+                let Some((m, ws)) = self.read_slot(i) else {
+                    continue;
+                };
+                if m_flags(m) & flags::USED != 0
+                    && m_proto(m) == key.proto
+                    && ws[0] == want[0]
+                    && ws[1] >> 32 == want[1] >> 32
+                {
+                    let (k, x) = unpack(m, ws);
+                    return Some(Hit {
+                        entry: Entry {
+                            key: k,
+                            xlate: x,
+                            flags: m_flags(m),
+                            last_seen: m_last(m),
+                            mac_idx: m as u16,
+                        },
+                        slot: i as u32,
+                        seq: m_seq(m),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Looks up `key`.
+    pub fn lookup(&self, key: &Tuple) -> Option<Hit> {
+        self.lookup_hashed(key, self.hash(key))
+    }
+
+    /// Marks a hit: sets `add_flags | SEEN` and last seen = `now` if either changes. Lock-free;
+    /// does nothing if the slot was rewritten since the lookup.
+    #[inline]
+    pub fn touch(&self, hit: &Hit, now: u16, add_flags: u8) {
+        let want = add_flags | flags::SEEN;
+        if hit.entry.last_seen == now && hit.entry.flags & want == want {
+            return;
+        }
+        let w0 = &self.slots[hit.slot as usize].0[0];
+        let _ = w0.fetch_update(Ordering::Release, Ordering::Relaxed, |m| {
+            if m_seq(m) != hit.seq {
+                return None;
+            }
+            let f = m_flags(m) | want;
+            Some(meta(m_seq(m), m_proto(m), f, now, m as u16))
+        });
+    }
+
+    fn lock(&self, b: usize) -> BucketLock<'_> {
+        let l = &self.buckets[b].lock;
+        while l
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            while l.load(Ordering::Relaxed) != 0 {
+                std::hint::spin_loop();
+            }
+        }
+        BucketLock(l)
+    }
+
+    fn write_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
+        let s = &self.slots[i].0;
+        let mut m = s[0].load(Ordering::Relaxed);
+        loop {
+            let odd = (m & !(0xffff << 48)) | ((m_seq(m).wrapping_add(1) as u64) << 48);
+            match s[0].compare_exchange_weak(m, odd, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(cur) => m = cur,
+            }
+        }
+        fence(Ordering::Release);
+        s[1].store(w[0], Ordering::Relaxed);
+        s[2].store(w[1], Ordering::Relaxed);
+        s[3].store(w[2], Ordering::Relaxed);
+        let seq = m_seq(m).wrapping_add(2);
+        s[0].store(
+            (m_new_without_seq & !(0xffff << 48)) | ((seq as u64) << 48),
+            Ordering::Release,
+        );
+    }
+
+    fn set_tag(&self, b: usize, lane: usize, tag: u16) {
+        let word = &self.buckets[b].tags[lane / 4];
+        let shift = (lane % 4) * 16;
+        let v = word.load(Ordering::Relaxed);
+        word.store(
+            (v & !(0xffff << shift)) | ((tag as u64) << shift),
+            Ordering::Release,
+        );
+    }
+
+    fn lane_tag(&self, b: usize, lane: usize) -> u16 {
+        (self.buckets[b].tags[lane / 4].load(Ordering::Relaxed) >> ((lane % 4) * 16)) as u16
+    }
+
+    /// Under the bucket lock: the lane holding `key`, if any.
+    fn find_locked(&self, b: usize, key: &Tuple, tag: u16) -> Option<(usize, u64, [u64; 3])> {
+        let want = pack(key, &Tuple::default());
+        (0..SLOTS).find_map(|lane| {
+            if self.lane_tag(b, lane) != tag {
+                return None;
+            }
+            let (m, w) = self.read_slot(b * SLOTS + lane)?;
+            (m_flags(m) & flags::USED != 0
+                && m_proto(m) == key.proto
+                && w[0] == want[0]
+                && w[1] >> 32 == want[1] >> 32)
+                .then_some((lane, m, w))
+        })
+    }
+
+    fn clear_lane(&self, b: usize, lane: usize) {
+        self.set_tag(b, lane, 0);
+        self.write_slot(b * SLOTS + lane, 0, [0; 3]);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Inserts `key -> xlate` unless `key` is present. Returns the entry now in the table and
+    /// whether it was inserted by this call, and the partner key of an entry evicted to make
+    /// room (the caller removes it after the lock is released).
+    fn insert_one(
+        &self,
+        key: &Tuple,
+        xlate: &Tuple,
+        fl: u8,
+        now: u16,
+        mac: u16,
+    ) -> (Entry, bool, Option<Tuple>) {
+        let h = self.hash(key);
+        let b = (h & self.mask) as usize;
+        let tag = tag_of(h);
+        let _g = self.lock(b);
+        if let Some((_, m, w)) = self.find_locked(b, key, tag) {
+            let (k, x) = unpack(m, w);
+            return (
+                Entry {
+                    key: k,
+                    xlate: x,
+                    flags: m_flags(m),
+                    last_seen: m_last(m),
+                    mac_idx: m as u16,
+                },
+                false,
+                None,
+            );
+        }
+        let mut evicted_partner = None;
+        let lane = match (0..SLOTS).find(|&l| self.lane_tag(b, l) == 0) {
+            Some(l) => l,
+            None => {
+                // Full bucket: evict an expired entry, else the least recently seen.
+                let mut victim = 0;
+                let mut best = 0u32;
+                for l in 0..SLOTS {
+                    if let Some((m, _)) = self.read_slot(b * SLOTS + l) {
+                        let age = age_secs(now, m_last(m));
+                        let score = if age > self.timeout_of(m_proto(m), m_flags(m), 0) {
+                            u32::MAX
+                        } else {
+                            age
+                        };
+                        if score >= best {
+                            best = score;
+                            victim = l;
+                        }
+                    }
+                }
+                if let Some((m, w)) = self.read_slot(b * SLOTS + victim) {
+                    let (_, x) = unpack(m, w);
+                    if m_flags(m) & flags::AFFINITY == 0 {
+                        evicted_partner = Some(x.reverse());
+                    }
+                }
+                if best != u32::MAX {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                self.clear_lane(b, victim);
+                victim
+            }
+        };
+        self.write_slot(
+            b * SLOTS + lane,
+            meta(0, key.proto, fl | flags::USED, now, mac),
+            pack(key, xlate),
+        );
+        self.set_tag(b, lane, tag);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        (
+            Entry {
+                key: *key,
+                xlate: *xlate,
+                flags: fl | flags::USED,
+                last_seen: now,
+                mac_idx: mac,
+            },
+            true,
+            evicted_partner,
+        )
+    }
+
+    /// Removes `key`; true when it was present.
+    pub fn remove(&self, key: &Tuple) -> bool {
+        let h = self.hash(key);
+        let b = (h & self.mask) as usize;
+        let _g = self.lock(b);
+        match self.find_locked(b, key, tag_of(h)) {
+            Some((lane, _, _)) => {
+                self.clear_lane(b, lane);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a new NAT flow: `orig` (as the client sent it) is rewritten to `xlate`, and
+    /// replies (the reverse of `xlate`) to the reverse of `orig`. If another worker recorded
+    /// the same flow first, its binding wins and is returned. Fails when the reply tuple is
+    /// taken by a different flow.
+    pub fn insert_flow(
+        &self,
+        orig: &Tuple,
+        xlate: &Tuple,
+        now: u16,
+        mac_idx: u16,
+        extra: u8,
+    ) -> Result<Tuple, InsertError> {
+        let rkey = xlate.reverse();
+        let rval = orig.reverse();
+        let (r, r_new, ev1) = self.insert_one(&rkey, &rval, flags::REPLY | extra, now, mac_idx);
+        if let Some(p) = ev1 {
+            self.remove(&p);
+        }
+        if !r_new && r.xlate != rval {
+            return Err(InsertError::ReplyCollision);
+        }
+        let (o, o_new, ev2) = self.insert_one(orig, xlate, extra, now, mac_idx);
+        if let Some(p) = ev2 {
+            self.remove(&p);
+        }
+        if !o_new && o.xlate != *xlate && r_new {
+            // Lost a race: another worker bound this flow differently; drop our reply entry.
+            self.remove(&rkey);
+        }
+        Ok(o.xlate)
+    }
+
+    /// Removes a flow given either of its entries.
+    pub fn remove_flow(&self, e: &Entry) {
+        self.remove(&e.key);
+        self.remove(&e.xlate.reverse());
+    }
+
+    /// ClientIP affinity: the backend `client` was sent to for the service at `vip:vport/proto`,
+    /// if that record is younger than `timeout` seconds.
+    pub fn affinity_get(
+        &self,
+        client: u32,
+        vip: u32,
+        vport: u16,
+        proto: u8,
+        now: u16,
+        timeout: u32,
+    ) -> Option<(u32, u16)> {
+        let key = Tuple {
+            src: client,
+            dst: vip,
+            sport: 0,
+            dport: vport,
+            proto: proto | 0x80,
+        };
+        let hit = self.lookup(&key)?;
+        if age_secs(now, hit.entry.last_seen) > timeout {
+            return None;
+        }
+        self.touch(&hit, now, 0);
+        Some((hit.entry.xlate.dst, hit.entry.xlate.dport))
+    }
+
+    /// Records (or refreshes) ClientIP affinity; `timeout` is kept with the record for GC.
+    #[allow(clippy::too_many_arguments)] // a tuple's fields plus the binding
+    pub fn affinity_set(
+        &self,
+        client: u32,
+        vip: u32,
+        vport: u16,
+        proto: u8,
+        backend: (u32, u16),
+        now: u16,
+        timeout: u32,
+    ) {
+        let key = Tuple {
+            src: client,
+            dst: vip,
+            sport: 0,
+            dport: vport,
+            proto: proto | 0x80,
+        };
+        let val = Tuple {
+            src: timeout,
+            dst: backend.0,
+            sport: 0,
+            dport: backend.1,
+            proto: proto | 0x80,
+        };
+        let (e, new, ev) = self.insert_one(&key, &val, flags::AFFINITY, now, 0);
+        if let Some(p) = ev {
+            self.remove(&p);
+        }
+        if !new && e.xlate != val {
+            self.remove(&key);
+            let (_, _, ev) = self.insert_one(&key, &val, flags::AFFINITY, now, 0);
+            if let Some(p) = ev {
+                self.remove(&p);
+            }
+        }
+    }
+
+    /// The timeout of an entry given its flags and its partner's flags.
+    fn timeout_of(&self, proto_n: u8, f: u8, partner: u8) -> u32 {
+        let t = &self.timeouts;
+        let both = f | partner;
+        let replied = (if f & flags::REPLY != 0 { f } else { partner }) & flags::SEEN != 0;
+        match proto_n {
+            proto::TCP => {
+                if both & flags::RST != 0 || (f & flags::FIN != 0 && partner & flags::FIN != 0) {
+                    t.tcp_closing
+                } else if replied {
+                    t.tcp_established
+                } else {
+                    t.tcp_syn
+                }
+            }
+            _ if replied => t.udp_stream,
+            _ => t.udp,
+        }
+    }
+
+    /// One GC step over up to `max_buckets` buckets from the cursor: removes flows whose both
+    /// entries are past their timeout, and expired affinity records.
+    pub fn gc(&self, now_secs: u32, max_buckets: usize) -> GcStats {
+        let now = tick(now_secs);
+        let n = self.buckets.len();
+        let mut st = GcStats::default();
+        for _ in 0..max_buckets.min(n) {
+            let b = self.gc_cursor.fetch_add(1, Ordering::Relaxed) % n;
+            st.buckets += 1;
+            let mut doomed: [Option<Entry>; SLOTS] = [None; SLOTS];
+            for (lane, d) in doomed.iter_mut().enumerate() {
+                if self.lane_tag(b, lane) == 0 {
+                    continue;
+                }
+                let Some((m, w)) = self.read_slot(b * SLOTS + lane) else {
+                    continue;
+                };
+                if m_flags(m) & flags::USED == 0 {
+                    continue;
+                }
+                let (k, x) = unpack(m, w);
+                let e = Entry {
+                    key: k,
+                    xlate: x,
+                    flags: m_flags(m),
+                    last_seen: m_last(m),
+                    mac_idx: m as u16,
+                };
+                if e.flags & flags::AFFINITY != 0 {
+                    if age_secs(now, e.last_seen) > x.src {
+                        *d = Some(e);
+                    }
+                    continue;
+                }
+                let partner = self.lookup(&x.reverse()).map(|h| h.entry);
+                let pf = partner.map_or(0, |p| p.flags);
+                let last = partner.map_or(e.last_seen, |p| {
+                    if age_secs(now, p.last_seen) < age_secs(now, e.last_seen) {
+                        p.last_seen
+                    } else {
+                        e.last_seen
+                    }
+                });
+                if age_secs(now, last) > self.timeout_of(k.proto, e.flags, pf) {
+                    *d = Some(e);
+                }
+            }
+            for e in doomed.iter().flatten() {
+                if self.remove(&e.key) {
+                    st.removed += 1;
+                }
+                if e.flags & flags::AFFINITY == 0 && self.remove(&e.xlate.reverse()) {
+                    st.removed += 1;
+                }
+            }
+        }
+        st
+    }
+
+    /// Removes every flow (both entries) for which `pred` holds on the original-direction entry.
+    /// Walks the whole table one bucket lock at a time. Returns the entries removed.
+    pub fn purge(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
+        let mut removed = 0;
+        for b in 0..self.buckets.len() {
+            let mut doomed: [Option<Entry>; SLOTS] = [None; SLOTS];
+            for (lane, d) in doomed.iter_mut().enumerate() {
+                if self.lane_tag(b, lane) == 0 {
+                    continue;
+                }
+                if let Some((m, w)) = self.read_slot(b * SLOTS + lane) {
+                    let f = m_flags(m);
+                    if f & flags::USED != 0 && f & (flags::REPLY | flags::AFFINITY) == 0 {
+                        let (k, x) = unpack(m, w);
+                        let e = Entry {
+                            key: k,
+                            xlate: x,
+                            flags: f,
+                            last_seen: m_last(m),
+                            mac_idx: m as u16,
+                        };
+                        if pred(&e) {
+                            *d = Some(e);
+                        }
+                    }
+                }
+            }
+            for e in doomed.iter().flatten() {
+                removed += self.remove(&e.key) as usize + self.remove(&e.xlate.reverse()) as usize;
+            }
+        }
+        removed
+    }
+
+    /// Expires UDP flows whose backend is no longer a backend of the service they were sent to
+    /// in `fib` (the table just published, after [`crate::rcu::Published::wait_for_readers`]).
+    /// Stale UDP entries would otherwise keep sending a client's datagrams to a dead backend
+    /// for as long as the client keeps talking (Kubernetes issue 125467). TCP flows are kept:
+    /// they end by themselves (FIN/RST) like kube-proxy's graceful termination.
+    pub fn expire_removed_udp_backends(&self, fib: &crate::fib::Fib) -> usize {
+        self.purge(|e| {
+            if e.key.proto != proto::UDP {
+                return false;
+            }
+            let backend = std::net::SocketAddrV4::new(e.xlate.dst.into(), e.xlate.dport);
+            match fib.service(e.key.dst, e.key.dport, e.key.proto) {
+                Some(svc) => !svc.lb.has_backend(backend),
+                None => true,
+            }
+        })
+    }
+
+    /// Calls `f` with every entry (a consistent copy of each; the table may change meanwhile).
+    pub fn for_each(&self, mut f: impl FnMut(&Entry)) {
+        for b in 0..self.buckets.len() {
+            for lane in 0..SLOTS {
+                if self.lane_tag(b, lane) == 0 {
+                    continue;
+                }
+                if let Some((m, w)) = self.read_slot(b * SLOTS + lane) {
+                    if m_flags(m) & flags::USED != 0 {
+                        let (k, x) = unpack(m, w);
+                        f(&Entry {
+                            key: k,
+                            xlate: x,
+                            flags: m_flags(m),
+                            last_seen: m_last(m),
+                            mac_idx: m as u16,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// MAC addresses that flows from the uplink came from (routers, clients on the underlay), so
+/// replies can go back to them. Append-only, lock-free, fixed size; index 0 means "none".
+#[derive(Debug)]
+pub struct MacTable {
+    slots: Box<[AtomicU64]>,
+}
+
+const MAC_SLOTS: usize = 4096;
+const MAC_VALID: u64 = 1 << 63;
+
+impl MacTable {
+    fn new() -> Self {
+        Self {
+            slots: (0..MAC_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The index for `mac`, adding it if new. `None` when the table is full.
+    pub fn intern(&self, mac: crate::wire::MacAddr) -> Option<u16> {
+        let v = mac.to_u64() | MAC_VALID;
+        let start = (mix64(v) as usize) % (MAC_SLOTS - 1);
+        for k in 0..MAC_SLOTS - 1 {
+            let i = 1 + (start + k) % (MAC_SLOTS - 1);
+            match self.slots[i].compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(i as u16),
+                Err(cur) if cur == v => return Some(i as u16),
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The MAC at `idx`.
+    #[inline]
+    pub fn get(&self, idx: u16) -> Option<crate::wire::MacAddr> {
+        let v = self.slots.get(idx as usize)?.load(Ordering::Acquire);
+        (v & MAC_VALID != 0).then(|| crate::wire::MacAddr::from_u64(v))
+    }
+}
+
+#[cfg(test)]
+mod tests;

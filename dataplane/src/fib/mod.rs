@@ -1,0 +1,825 @@
+//! The forwarding table (Fib): one immutable snapshot of everything the packet path looks up.
+//!
+//! Owns: local endpoints (pod IP -> port, MAC, policy id), remote pod CIDRs -> node (with a
+//! prebuilt VXLAN outer header per node), services (ClusterIP, NodePort, LoadBalancer ingress
+//! IPs, externalIPs; TCP/UDP; several ports each) with a Maglev table per service port, and the
+//! node's own facts.
+//!
+//! Promises: a `Fib` never changes after it is built; every lookup is a hash probe or two and
+//! never allocates. Only [`FibBuilder`] (the control thread) makes one; it shares unchanged parts
+//! with the previous snapshot (`Arc`), so one endpoint change re-does one service's Maglev table
+//! and clones a vector of pointers, not the whole table. Publication to workers is in
+//! [`crate::rcu`].
+
+pub mod maglev;
+pub mod net;
+
+use crate::hash::IntMap;
+use crate::wire::{MacAddr, checksum, ipv4, proto};
+use maglev::Maglev;
+pub use net::Ipv4Net;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+/// Index of a port in the worker set (uplink, host, pods).
+pub type PortId = u16;
+
+/// Length of the VXLAN outer headers: Ethernet + IPv4 + UDP + VXLAN.
+pub const ENCAP_LEN: usize = 14 + 20 + 8 + 8;
+
+/// Default VXLAN UDP port (IANA).
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Default VNI.
+pub const DEFAULT_VNI: u32 = 1;
+
+/// Transport protocols a service port can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proto::TCP,
+            Protocol::Udp => proto::UDP,
+        }
+    }
+}
+
+/// Facts about this node the pipeline needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Node name.
+    pub name: String,
+    /// Underlay (InternalIP) address of this node: VXLAN endpoint and NodePort address.
+    pub underlay_ip: Ipv4Addr,
+    /// MAC of the uplink interface.
+    pub underlay_mac: MacAddr,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// Underlay MTU (pods get `mtu - 50`).
+    pub mtu: u16,
+    /// This node's pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// The whole cluster's pod CIDR (sources outside it are masqueraded on service traffic).
+    pub cluster_cidr: Ipv4Net,
+    /// Gateway address the pods route through (also the host port's kernel-side address).
+    pub gateway_ip: Ipv4Addr,
+    /// MAC the dataplane answers with for the gateway, on pod ports and the host port.
+    pub gateway_mac: MacAddr,
+    /// MAC of the kernel's end of the host port.
+    pub host_mac: MacAddr,
+    /// Source address for masqueraded service traffic (external clients, other hosts): replies
+    /// to it come back to this node through the overlay.
+    pub masquerade_ip: Ipv4Addr,
+    /// Port id of the uplink.
+    pub uplink_port: PortId,
+    /// Port id of the host port.
+    pub host_port: PortId,
+}
+
+/// What kind of port a port id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// The node's NIC.
+    Uplink,
+    /// The host port into the node's kernel.
+    Host,
+    /// A pod's veth; the pod's IP (for anti-spoofing).
+    Pod(Ipv4Addr),
+    /// Not in use.
+    Unused,
+}
+
+/// A pod attached to this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// Pod's eth0 MAC.
+    pub mac: MacAddr,
+    /// The port its host-side veth is on.
+    pub port: PortId,
+    /// Network policy id (0 = none; enforcement comes later).
+    pub policy_id: u32,
+}
+
+/// Builder input for another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteNodeSpec {
+    /// Node name.
+    pub name: String,
+    /// Its underlay address (VTEP).
+    pub underlay_ip: Ipv4Addr,
+    /// MAC of the next hop towards it (the node itself on a flat underlay, else the gateway).
+    pub next_hop_mac: MacAddr,
+    /// Its pod CIDRs.
+    pub pod_cidrs: Vec<Ipv4Net>,
+}
+
+/// Another node, ready for encapsulation.
+#[derive(Debug, Clone)]
+pub struct RemoteNode {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Pod CIDRs (inner sources from this node must be inside one).
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// Prebuilt outer header; lengths, IP checksum and UDP source port are patched per packet.
+    pub outer: [u8; ENCAP_LEN],
+    /// Ones'-complement sum of the outer IPv4 header with length and checksum zero.
+    pub outer_ip_sum: u32,
+}
+
+impl RemoteNode {
+    fn new(spec: &RemoteNodeSpec, node: &NodeFacts) -> Self {
+        let mut h = [0u8; ENCAP_LEN];
+        h[0..6].copy_from_slice(&spec.next_hop_mac.0);
+        h[6..12].copy_from_slice(&node.underlay_mac.0);
+        h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        {
+            let mut ip = ipv4::Ipv4Packet::new_unchecked(&mut h[14..34]);
+            ip.write_header(
+                0,
+                0,
+                0,
+                ipv4::FLAG_DF,
+                64,
+                proto::UDP,
+                node.underlay_ip.into(),
+                spec.underlay_ip.into(),
+            );
+        }
+        // Checksum field back to zero; the base sum excludes length and checksum.
+        h[24..26].copy_from_slice(&[0, 0]);
+        let outer_ip_sum = checksum::sum(&h[14..34]) as u32;
+        h[36..38].copy_from_slice(&node.vxlan_port.to_be_bytes());
+        h[42] = crate::wire::vxlan::FLAG_VNI;
+        h[46..49].copy_from_slice(&(node.vni & 0xff_ffff).to_be_bytes()[1..]);
+        Self {
+            name: spec.name.clone(),
+            underlay_ip: spec.underlay_ip,
+            pod_cidrs: spec.pod_cidrs.clone(),
+            outer: h,
+            outer_ip_sum,
+        }
+    }
+}
+
+/// One port of a service as the builder takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortSpec {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The service port (on ClusterIPs, LoadBalancer and external IPs).
+    pub port: u16,
+    /// The NodePort, if any.
+    pub node_port: Option<u16>,
+    /// Ready backends (address and target port) for this port.
+    pub backends: Vec<SocketAddrV4>,
+}
+
+/// A service as the builder takes it (the control plane maps Service + EndpointSlices to this).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceSpec {
+    /// `namespace/name`.
+    pub name: String,
+    /// ClusterIPs.
+    pub cluster_ips: Vec<Ipv4Addr>,
+    /// LoadBalancer ingress IPs.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// externalIPs.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// Ports.
+    pub ports: Vec<ServicePortSpec>,
+    /// `sessionAffinity: ClientIP` timeout in seconds (None = no affinity).
+    pub affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local`: external traffic only to this node's backends, client IP
+    /// kept.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: cluster traffic only to this node's backends.
+    pub internal_local: bool,
+}
+
+/// A built service port: backends and their Maglev tables.
+#[derive(Debug)]
+pub struct Lb {
+    /// `namespace/name:port/proto`, for inspection.
+    pub name: String,
+    /// IP protocol number.
+    pub proto: u8,
+    /// The service port.
+    pub port: u16,
+    /// Backends, sorted.
+    pub backends: Box<[SocketAddrV4]>,
+    /// Maglev over all backends.
+    pub all: Maglev,
+    /// Indexes (into `backends`) of this node's backends, and Maglev over them.
+    pub local: Box<[u16]>,
+    /// Maglev over `local`.
+    pub local_table: Maglev,
+    /// ClientIP affinity timeout in seconds; 0 = none.
+    pub affinity_timeout: u32,
+    /// externalTrafficPolicy Local.
+    pub external_local: bool,
+    /// internalTrafficPolicy Local.
+    pub internal_local: bool,
+}
+
+impl Lb {
+    /// Picks a backend for a flow hash: `external` says whether the traffic came in on a
+    /// NodePort / LoadBalancer / external IP (the traffic policies differ).
+    #[inline]
+    pub fn pick(&self, hash: u64, external: bool) -> Option<SocketAddrV4> {
+        let local_only = if external {
+            self.external_local
+        } else {
+            self.internal_local
+        };
+        if local_only {
+            let i = self.local_table.pick(hash)?;
+            self.backends.get(*self.local.get(i)? as usize).copied()
+        } else {
+            self.backends.get(self.all.pick(hash)?).copied()
+        }
+    }
+
+    /// True when `b` is one of this port's backends.
+    pub fn has_backend(&self, b: SocketAddrV4) -> bool {
+        self.backends.binary_search(&b).is_ok()
+    }
+}
+
+/// Service lookup result.
+#[derive(Debug, Clone, Copy)]
+pub struct SvcHit<'a> {
+    /// The service port.
+    pub lb: &'a Lb,
+    /// Whether the address is an external one (NodePort, LoadBalancer, externalIP).
+    pub external: bool,
+}
+
+/// Longest-prefix match over a few prefix lengths: one hash map per length, longest first.
+/// Pod CIDRs are usually all one length, so a lookup is one probe.
+#[derive(Debug, Default, Clone)]
+pub struct Lpm {
+    by_len: Vec<(u32, IntMap<u32, u32>)>,
+}
+
+impl Lpm {
+    fn insert(&mut self, net: Ipv4Net, v: u32) {
+        let mask = net.mask();
+        match self.by_len.iter_mut().find(|(m, _)| *m == mask) {
+            Some((_, map)) => {
+                map.insert(net.addr_u32(), v);
+            }
+            None => {
+                let mut map = IntMap::default();
+                map.insert(net.addr_u32(), v);
+                self.by_len.push((mask, map));
+                self.by_len.sort_by(|a, b| b.0.cmp(&a.0));
+            }
+        }
+    }
+    /// The value of the longest prefix containing `ip`.
+    #[inline]
+    pub fn lookup(&self, ip: u32) -> Option<u32> {
+        self.by_len
+            .iter()
+            .find_map(|(mask, map)| map.get(&(ip & mask)).copied())
+    }
+}
+
+/// Remote nodes and the routes to their pods.
+#[derive(Debug, Default)]
+pub struct Remotes {
+    nodes: Vec<RemoteNode>,
+    by_ip: IntMap<u32, u32>,
+    routes: Lpm,
+}
+
+/// Service frontends.
+#[derive(Debug, Default)]
+struct SvcIndex {
+    /// (ip, port, proto) -> lb index << 1 | external
+    by_addr: IntMap<u64, u32>,
+    /// (node port, proto) -> lb index
+    by_node_port: IntMap<u32, u32>,
+    /// Every service address (for ICMP echo).
+    vips: IntMap<u32, ()>,
+}
+
+#[inline]
+fn svc_key(ip: u32, port: u16, proto: u8) -> u64 {
+    ((ip as u64) << 32) | ((port as u64) << 8) | proto as u64
+}
+
+/// The forwarding table snapshot.
+#[derive(Debug, Clone)]
+pub struct Fib {
+    generation: u64,
+    node: Arc<NodeFacts>,
+    ports: Arc<[PortKind]>,
+    endpoints: Arc<IntMap<u32, Endpoint>>,
+    remotes: Arc<Remotes>,
+    lbs: Arc<Vec<Arc<Lb>>>,
+    index: Arc<SvcIndex>,
+}
+
+impl Fib {
+    /// Monotonic version number (from the builder).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+    /// This node.
+    #[inline]
+    pub fn node(&self) -> &NodeFacts {
+        &self.node
+    }
+    /// The kind of a port.
+    #[inline]
+    pub fn port_kind(&self, p: PortId) -> PortKind {
+        self.ports
+            .get(p as usize)
+            .copied()
+            .unwrap_or(PortKind::Unused)
+    }
+    /// A local pod by IP.
+    #[inline]
+    pub fn endpoint(&self, ip: u32) -> Option<&Endpoint> {
+        self.endpoints.get(&ip)
+    }
+    /// All local pods.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+    /// The remote node whose pod CIDR holds `ip`.
+    #[inline]
+    pub fn route(&self, ip: u32) -> Option<&RemoteNode> {
+        let i = self.remotes.routes.lookup(ip)?;
+        self.remotes.nodes.get(i as usize)
+    }
+    /// A remote node by underlay address (VXLAN sources must be one).
+    #[inline]
+    pub fn node_by_underlay(&self, ip: u32) -> Option<&RemoteNode> {
+        let i = *self.remotes.by_ip.get(&ip)?;
+        self.remotes.nodes.get(i as usize)
+    }
+    /// All remote nodes.
+    pub fn remote_nodes(&self) -> &[RemoteNode] {
+        &self.remotes.nodes
+    }
+    /// The service port at `ip:port/proto` (ClusterIP, LoadBalancer, external IP), or the
+    /// NodePort when `ip` is this node's underlay address.
+    #[inline]
+    pub fn service(&self, ip: u32, port: u16, proto: u8) -> Option<SvcHit<'_>> {
+        if let Some(&v) = self.index.by_addr.get(&svc_key(ip, port, proto)) {
+            let lb = self.lbs.get((v >> 1) as usize)?;
+            return Some(SvcHit {
+                lb,
+                external: v & 1 == 1,
+            });
+        }
+        if ip == u32::from(self.node.underlay_ip) {
+            let v = *self
+                .index
+                .by_node_port
+                .get(&(((port as u32) << 8) | proto as u32))?;
+            let lb = self.lbs.get(v as usize)?;
+            return Some(SvcHit { lb, external: true });
+        }
+        None
+    }
+    /// True when `ip` is a service address (ClusterIP, LoadBalancer or external IP).
+    #[inline]
+    pub fn is_vip(&self, ip: u32) -> bool {
+        self.index.vips.contains_key(&ip)
+    }
+    /// Every built service port.
+    pub fn lbs(&self) -> &[Arc<Lb>] {
+        &self.lbs
+    }
+    /// True when `lb` still has `backend` in this table (matched by service port name).
+    pub fn backend_exists(&self, lb_name: &str, backend: SocketAddrV4) -> bool {
+        self.lbs
+            .iter()
+            .any(|l| l.name == lb_name && l.has_backend(backend))
+    }
+}
+
+/// Why a table could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Two services claim the same address and port.
+    #[error("services {0} and {1} both claim {2}")]
+    FrontendConflict(String, String, String),
+    /// A pod's address is outside this node's pod CIDR.
+    #[error("endpoint {ip} is outside this node's pod CIDR {cidr}")]
+    EndpointOutsideCidr {
+        /// Pod IP.
+        ip: Ipv4Addr,
+        /// This node's CIDR.
+        cidr: Ipv4Net,
+    },
+    /// A service port has more backends than a Maglev table can address.
+    #[error("service {0} has {1} backends; at most {max} are supported", max = maglev::MAX_BACKENDS)]
+    TooManyBackends(String, usize),
+}
+
+#[derive(Debug)]
+struct SvcEntry {
+    spec: ServiceSpec,
+    built: Vec<Arc<Lb>>,
+    /// Position of `built[0]` in the last published lbs vector.
+    offset: usize,
+}
+
+/// Builds [`Fib`] snapshots from cluster state. Keeps the inputs and the last snapshot so a
+/// small change produces a new snapshot sharing everything that did not change.
+#[derive(Debug)]
+pub struct FibBuilder {
+    node: Arc<NodeFacts>,
+    ports: Vec<PortKind>,
+    endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    nodes: BTreeMap<String, RemoteNodeSpec>,
+    services: BTreeMap<String, SvcEntry>,
+    generation: u64,
+    last: Option<Fib>,
+    dirty_ports: bool,
+    dirty_endpoints: bool,
+    dirty_nodes: bool,
+    /// Services whose frontends (addresses, ports) changed or that were added/removed.
+    dirty_index: bool,
+    /// Services whose backends changed (frontends same).
+    dirty_backends: Vec<String>,
+    warnings: Vec<BuildError>,
+}
+
+impl FibBuilder {
+    /// A builder for `node` with no pods, nodes or services.
+    pub fn new(node: NodeFacts) -> Self {
+        let mut ports = vec![PortKind::Unused; (node.uplink_port.max(node.host_port) + 1) as usize];
+        ports[node.uplink_port as usize] = PortKind::Uplink;
+        ports[node.host_port as usize] = PortKind::Host;
+        Self {
+            node: Arc::new(node),
+            ports,
+            endpoints: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            services: BTreeMap::new(),
+            generation: 0,
+            last: None,
+            dirty_ports: true,
+            dirty_endpoints: true,
+            dirty_nodes: true,
+            dirty_index: true,
+            dirty_backends: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// This node's facts.
+    pub fn node(&self) -> &NodeFacts {
+        &self.node
+    }
+
+    /// Replaces this node's facts (everything is rebuilt).
+    pub fn set_node(&mut self, node: NodeFacts) {
+        if *self.node != node {
+            let mut b = FibBuilder::new(node);
+            b.endpoints = std::mem::take(&mut self.endpoints);
+            b.nodes = std::mem::take(&mut self.nodes);
+            b.services = std::mem::take(&mut self.services);
+            b.generation = self.generation;
+            for ep in b.endpoints.values() {
+                let i = ep.port as usize;
+                if b.ports.len() <= i {
+                    b.ports.resize(i + 1, PortKind::Unused);
+                }
+                b.ports[i] = PortKind::Pod(ep.ip);
+            }
+            for s in b.services.values_mut() {
+                s.built.clear();
+            }
+            *self = b;
+        }
+    }
+
+    /// Adds or replaces a local pod.
+    pub fn upsert_endpoint(&mut self, ep: Endpoint) -> Result<(), BuildError> {
+        if !self.node.pod_cidr.contains(ep.ip) {
+            return Err(BuildError::EndpointOutsideCidr {
+                ip: ep.ip,
+                cidr: self.node.pod_cidr,
+            });
+        }
+        if self.endpoints.get(&ep.ip) == Some(&ep) {
+            return Ok(());
+        }
+        if let Some(old) = self.endpoints.insert(ep.ip, ep) {
+            if old.port != ep.port {
+                self.ports[old.port as usize] = PortKind::Unused;
+            }
+        }
+        let i = ep.port as usize;
+        if self.ports.len() <= i {
+            self.ports.resize(i + 1, PortKind::Unused);
+        }
+        self.ports[i] = PortKind::Pod(ep.ip);
+        self.dirty_endpoints = true;
+        self.dirty_ports = true;
+        Ok(())
+    }
+
+    /// Removes a local pod; true when it was there.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> bool {
+        match self.endpoints.remove(&ip) {
+            Some(ep) => {
+                self.ports[ep.port as usize] = PortKind::Unused;
+                self.dirty_endpoints = true;
+                self.dirty_ports = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds or replaces another node.
+    pub fn upsert_node(&mut self, spec: RemoteNodeSpec) {
+        if self.nodes.get(&spec.name) != Some(&spec) {
+            self.nodes.insert(spec.name.clone(), spec);
+            self.dirty_nodes = true;
+        }
+    }
+
+    /// Removes another node; true when it was there.
+    pub fn remove_node(&mut self, name: &str) -> bool {
+        let had = self.nodes.remove(name).is_some();
+        self.dirty_nodes |= had;
+        had
+    }
+
+    /// Adds or replaces a service.
+    pub fn upsert_service(&mut self, spec: ServiceSpec) -> Result<(), BuildError> {
+        for p in &spec.ports {
+            if p.backends.len() > maglev::MAX_BACKENDS {
+                return Err(BuildError::TooManyBackends(
+                    spec.name.clone(),
+                    p.backends.len(),
+                ));
+            }
+        }
+        match self.services.get_mut(&spec.name) {
+            Some(e) if e.spec == spec => {}
+            Some(e) => {
+                let frontends_same = e.spec.cluster_ips == spec.cluster_ips
+                    && e.spec.load_balancer_ips == spec.load_balancer_ips
+                    && e.spec.external_ips == spec.external_ips
+                    && e.spec.ports.len() == spec.ports.len()
+                    && e.spec.ports.iter().zip(&spec.ports).all(|(a, b)| {
+                        a.protocol == b.protocol && a.port == b.port && a.node_port == b.node_port
+                    });
+                if frontends_same && !e.built.is_empty() {
+                    self.dirty_backends.push(spec.name.clone());
+                } else {
+                    self.dirty_index = true;
+                }
+                e.spec = spec;
+                e.built.clear();
+            }
+            None => {
+                self.dirty_index = true;
+                self.services.insert(
+                    spec.name.clone(),
+                    SvcEntry {
+                        spec,
+                        built: Vec::new(),
+                        offset: 0,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a service; true when it was there.
+    pub fn remove_service(&mut self, name: &str) -> bool {
+        let had = self.services.remove(name).is_some();
+        self.dirty_index |= had;
+        had
+    }
+
+    /// Number of services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// True when something changed since the last [`FibBuilder::build`].
+    pub fn is_dirty(&self) -> bool {
+        self.last.is_none()
+            || self.dirty_ports
+            || self.dirty_endpoints
+            || self.dirty_nodes
+            || self.dirty_index
+            || !self.dirty_backends.is_empty()
+    }
+
+    fn build_lbs(node: &NodeFacts, spec: &ServiceSpec) -> Vec<Arc<Lb>> {
+        spec.ports
+            .iter()
+            .map(|p| {
+                let mut backends = p.backends.clone();
+                backends.sort();
+                backends.dedup();
+                let local: Vec<u16> = backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| node.pod_cidr.contains(*b.ip()) || *b.ip() == node.underlay_ip)
+                    .map(|(i, _)| i as u16)
+                    .collect();
+                let local_addrs: Vec<SocketAddrV4> =
+                    local.iter().map(|&i| backends[i as usize]).collect();
+                let proto_name = match p.protocol {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                };
+                Arc::new(Lb {
+                    name: format!("{}:{}/{}", spec.name, p.port, proto_name),
+                    proto: p.protocol.number(),
+                    port: p.port,
+                    all: Maglev::new(&backends),
+                    local_table: Maglev::new(&local_addrs),
+                    local: local.into_boxed_slice(),
+                    backends: backends.into_boxed_slice(),
+                    affinity_timeout: spec.affinity_timeout.unwrap_or(0),
+                    external_local: spec.external_local,
+                    internal_local: spec.internal_local,
+                })
+            })
+            .collect()
+    }
+
+    /// Builds the next snapshot (a new generation even if nothing changed). Never fails: input
+    /// problems are refused at `upsert_*` or reported in [`FibBuilder::warnings`].
+    pub fn build(&mut self) -> Fib {
+        let node = self.node.clone();
+        let last = self.last.take();
+
+        let ports: Arc<[PortKind]> = match &last {
+            Some(l) if !self.dirty_ports => l.ports.clone(),
+            _ => self.ports.clone().into(),
+        };
+        let endpoints = match &last {
+            Some(l) if !self.dirty_endpoints => l.endpoints.clone(),
+            _ => Arc::new(
+                self.endpoints
+                    .values()
+                    .map(|e| (u32::from(e.ip), *e))
+                    .collect(),
+            ),
+        };
+        let remotes = match &last {
+            Some(l) if !self.dirty_nodes => l.remotes.clone(),
+            _ => {
+                let mut r = Remotes::default();
+                for spec in self.nodes.values() {
+                    if spec.underlay_ip == node.underlay_ip {
+                        continue; // ourselves
+                    }
+                    let i = r.nodes.len() as u32;
+                    r.nodes.push(RemoteNode::new(spec, &node));
+                    r.by_ip.insert(spec.underlay_ip.into(), i);
+                    for c in &spec.pod_cidrs {
+                        r.routes.insert(*c, i);
+                    }
+                }
+                Arc::new(r)
+            }
+        };
+
+        let (lbs, index) = match &last {
+            Some(l) if !self.dirty_index => {
+                if self.dirty_backends.is_empty() {
+                    (l.lbs.clone(), l.index.clone())
+                } else {
+                    let mut lbs: Vec<Arc<Lb>> = l.lbs.as_ref().clone();
+                    for name in &self.dirty_backends {
+                        if let Some(e) = self.services.get_mut(name) {
+                            if e.built.is_empty() {
+                                e.built = Self::build_lbs(&node, &e.spec);
+                            }
+                            for (k, lb) in e.built.iter().enumerate() {
+                                lbs[e.offset + k] = lb.clone();
+                            }
+                        }
+                    }
+                    (Arc::new(lbs), l.index.clone())
+                }
+            }
+            _ => {
+                let (lbs, index, warnings) = Self::build_index(&node, &mut self.services);
+                self.warnings = warnings;
+                (Arc::new(lbs), Arc::new(index))
+            }
+        };
+
+        self.generation += 1;
+        let fib = Fib {
+            generation: self.generation,
+            node,
+            ports,
+            endpoints,
+            remotes,
+            lbs,
+            index,
+        };
+        self.dirty_ports = false;
+        self.dirty_endpoints = false;
+        self.dirty_nodes = false;
+        self.dirty_index = false;
+        self.dirty_backends.clear();
+        self.last = Some(fib.clone());
+        fib
+    }
+
+    /// Problems found by the last build that rebuilt the service index (conflicting frontends:
+    /// the service whose name sorts first keeps the address; the other loses only that frontend).
+    pub fn warnings(&self) -> &[BuildError] {
+        &self.warnings
+    }
+
+    fn build_index(
+        node: &NodeFacts,
+        services: &mut BTreeMap<String, SvcEntry>,
+    ) -> (Vec<Arc<Lb>>, SvcIndex, Vec<BuildError>) {
+        let mut lbs = Vec::new();
+        let mut index = SvcIndex::default();
+        let mut warnings = Vec::new();
+        let mut owner: IntMap<u64, String> = IntMap::default();
+        let mut np_owner: IntMap<u32, String> = IntMap::default();
+        for e in services.values_mut() {
+            if e.built.is_empty() {
+                e.built = Self::build_lbs(node, &e.spec);
+            }
+            e.offset = lbs.len();
+            for (k, p) in e.spec.ports.iter().enumerate() {
+                let li = (e.offset + k) as u32;
+                let pr = p.protocol.number();
+                let addrs = e
+                    .spec
+                    .cluster_ips
+                    .iter()
+                    .map(|ip| (ip, 0))
+                    .chain(e.spec.load_balancer_ips.iter().map(|ip| (ip, 1)))
+                    .chain(e.spec.external_ips.iter().map(|ip| (ip, 1)));
+                for (ip, ext) in addrs {
+                    let key = svc_key((*ip).into(), p.port, pr);
+                    match owner.get(&key) {
+                        Some(o) if *o != e.spec.name => {
+                            warnings.push(BuildError::FrontendConflict(
+                                o.clone(),
+                                e.spec.name.clone(),
+                                format!("{ip}:{}", p.port),
+                            ));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    owner.insert(key, e.spec.name.clone());
+                    index.by_addr.insert(key, (li << 1) | ext);
+                    index.vips.insert((*ip).into(), ());
+                }
+                if let Some(np) = p.node_port {
+                    let key = ((np as u32) << 8) | pr as u32;
+                    match np_owner.get(&key) {
+                        Some(o) if *o != e.spec.name => {
+                            warnings.push(BuildError::FrontendConflict(
+                                o.clone(),
+                                e.spec.name.clone(),
+                                format!("nodePort {np}"),
+                            ));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    np_owner.insert(key, e.spec.name.clone());
+                    index.by_node_port.insert(key, li);
+                }
+            }
+            lbs.extend(e.built.iter().cloned());
+        }
+        (lbs, index, warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests;
