@@ -1,8 +1,11 @@
 //! Connection tracking shared by all workers: 5-tuple -> NAT binding, both directions.
 //!
 //! Layout: a fixed array of buckets of 16 slots. A bucket header (one cache line) holds 16
-//! 16-bit tags (from the key's hash) and a writer lock; a slot (32 bytes) holds one entry:
-//! key tuple, translated tuple, state flags and a coarse last-seen time.
+//! 16-bit tags (from the key's hash), a writer lock and an overflow count; a slot (32 bytes)
+//! holds one entry: key tuple, translated tuple, state flags and a coarse last-seen time. An
+//! entry lives in its home bucket, or when that is full in one of the next three (the home's
+//! overflow count tells readers to look there), so a live entry is only evicted when 64 slots
+//! around its home are all taken.
 //!
 //! Concurrency:
 //! - Readers (workers, every packet) never lock: they match tags, then read the slot under a
@@ -161,7 +164,12 @@ const SLOTS: usize = 16;
 struct Bucket {
     tags: [AtomicU64; 4],
     lock: AtomicU32,
+    /// Entries homed here but stored in one of the next buckets.
+    overflow: AtomicU32,
 }
+
+/// How many buckets after its home an entry may be stored in.
+const NEIGHBOURS: usize = 3;
 
 #[derive(Debug, Default)]
 #[repr(align(32))]
@@ -344,11 +352,9 @@ impl Conntrack {
         None
     }
 
-    /// Looks up `key` (with `hash` from [`Conntrack::hash`]).
+    /// Looks for `key` in bucket `b` only (lock-free).
     #[inline]
-    pub fn lookup_hashed(&self, key: &Tuple, hash: u64) -> Option<Hit> {
-        let b = (hash & self.mask) as usize;
-        let tag = tag_of(hash);
+    fn find_in(&self, b: usize, key: &Tuple, tag: u16) -> Option<(usize, u64, [u64; 3])> {
         let want = pack(key, &Tuple::default());
         for (w, word) in self.buckets[b].tags.iter().enumerate() {
             let tags = word.load(Ordering::Acquire);
@@ -359,8 +365,8 @@ impl Conntrack {
                 if (tags >> (lane * 16)) as u16 != tag {
                     continue;
                 }
-                let i = b * SLOTS + w * 4 + lane;
-                let Some((m, ws)) = self.read_slot(i) else {
+                let l = w * 4 + lane;
+                let Some((m, ws)) = self.read_slot(b * SLOTS + l) else {
                     continue;
                 };
                 if m_flags(m) & flags::USED != 0
@@ -368,22 +374,44 @@ impl Conntrack {
                     && ws[0] == want[0]
                     && ws[1] >> 32 == want[1] >> 32
                 {
-                    let (k, x) = unpack(m, ws);
-                    return Some(Hit {
-                        entry: Entry {
-                            key: k,
-                            xlate: x,
-                            flags: m_flags(m),
-                            last_seen: m_last(m),
-                            mac_idx: m as u16,
-                        },
-                        slot: i as u32,
-                        seq: m_seq(m),
-                    });
+                    return Some((l, m, ws));
                 }
             }
         }
         None
+    }
+
+    /// Looks for `key` in its home bucket and, if the home has overflowed, its neighbours.
+    #[inline]
+    fn locate(&self, home: usize, key: &Tuple, tag: u16) -> Option<(usize, usize, u64, [u64; 3])> {
+        if let Some((l, m, w)) = self.find_in(home, key, tag) {
+            return Some((home, l, m, w));
+        }
+        if self.buckets[home].overflow.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        (1..=NEIGHBOURS).find_map(|d| {
+            let b = (home + d) & self.mask as usize;
+            self.find_in(b, key, tag).map(|(l, m, w)| (b, l, m, w))
+        })
+    }
+
+    /// Looks up `key` (with `hash` from [`Conntrack::hash`]).
+    #[inline]
+    pub fn lookup_hashed(&self, key: &Tuple, hash: u64) -> Option<Hit> {
+        let (b, l, m, ws) = self.locate((hash & self.mask) as usize, key, tag_of(hash))?;
+        let (k, x) = unpack(m, ws);
+        Some(Hit {
+            entry: Entry {
+                key: k,
+                xlate: x,
+                flags: m_flags(m),
+                last_seen: m_last(m),
+                mac_idx: m as u16,
+            },
+            slot: (b * SLOTS + l) as u32,
+            seq: m_seq(m),
+        })
     }
 
     /// Looks up `key`.
@@ -422,6 +450,13 @@ impl Conntrack {
         BucketLock(l)
     }
 
+    fn try_lock(&self, b: usize) -> Option<BucketLock<'_>> {
+        let l = &self.buckets[b].lock;
+        l.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| BucketLock(l))
+    }
+
     fn write_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
         let s = &self.slots[i].0;
         let mut m = s[0].load(Ordering::Relaxed);
@@ -457,26 +492,43 @@ impl Conntrack {
         (self.buckets[b].tags[lane / 4].load(Ordering::Relaxed) >> ((lane % 4) * 16)) as u16
     }
 
-    /// Under the bucket lock: the lane holding `key`, if any.
-    fn find_locked(&self, b: usize, key: &Tuple, tag: u16) -> Option<(usize, u64, [u64; 3])> {
-        let want = pack(key, &Tuple::default());
-        (0..SLOTS).find_map(|lane| {
-            if self.lane_tag(b, lane) != tag {
-                return None;
-            }
-            let (m, w) = self.read_slot(b * SLOTS + lane)?;
-            (m_flags(m) & flags::USED != 0
-                && m_proto(m) == key.proto
-                && w[0] == want[0]
-                && w[1] >> 32 == want[1] >> 32)
-                .then_some((lane, m, w))
-        })
-    }
-
+    /// Frees a lane (caller holds bucket `b`'s lock), fixing its home's overflow count.
     fn clear_lane(&self, b: usize, lane: usize) {
+        if let Some((m, w)) = self.read_slot(b * SLOTS + lane) {
+            let (k, _) = unpack(m, w);
+            let home = (self.hash(&k) & self.mask) as usize;
+            if home != b {
+                self.buckets[home].overflow.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         self.set_tag(b, lane, 0);
         self.write_slot(b * SLOTS + lane, 0, [0; 3]);
         self.len.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn free_lane(&self, b: usize) -> Option<usize> {
+        (0..SLOTS).find(|&l| self.lane_tag(b, l) == 0)
+    }
+
+    #[allow(clippy::too_many_arguments)] // an entry's fields
+    fn place(
+        &self,
+        b: usize,
+        lane: usize,
+        key: &Tuple,
+        xlate: &Tuple,
+        fl: u8,
+        now: u16,
+        mac: u16,
+        tag: u16,
+    ) {
+        self.write_slot(
+            b * SLOTS + lane,
+            meta(0, key.proto, fl | flags::USED, now, mac),
+            pack(key, xlate),
+        );
+        self.set_tag(b, lane, tag);
+        self.len.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Inserts `key -> xlate` unless `key` is present. Returns the entry now in the table and
@@ -491,10 +543,17 @@ impl Conntrack {
         mac: u16,
     ) -> (Entry, bool, Option<Tuple>) {
         let h = self.hash(key);
-        let b = (h & self.mask) as usize;
+        let home = (h & self.mask) as usize;
         let tag = tag_of(h);
-        let _g = self.lock(b);
-        if let Some((_, m, w)) = self.find_locked(b, key, tag) {
+        let new_entry = Entry {
+            key: *key,
+            xlate: *xlate,
+            flags: fl | flags::USED,
+            last_seen: now,
+            mac_idx: mac,
+        };
+        let _g = self.lock(home);
+        if let Some((_, _, m, w)) = self.locate(home, key, tag) {
             let (k, x) = unpack(m, w);
             return (
                 Entry {
@@ -508,71 +567,83 @@ impl Conntrack {
                 None,
             );
         }
-        let mut evicted_partner = None;
-        let lane = match (0..SLOTS).find(|&l| self.lane_tag(b, l) == 0) {
-            Some(l) => l,
-            None => {
-                // Full bucket: evict an expired entry, else the least recently seen.
-                let mut victim = 0;
-                let mut best = 0u32;
-                for l in 0..SLOTS {
-                    if let Some((m, _)) = self.read_slot(b * SLOTS + l) {
-                        let age = age_secs(now, m_last(m));
-                        let score = if age > self.timeout_of(m_proto(m), m_flags(m), 0) {
-                            u32::MAX
-                        } else {
-                            age
-                        };
-                        if score >= best {
-                            best = score;
-                            victim = l;
-                        }
-                    }
-                }
-                if let Some((m, w)) = self.read_slot(b * SLOTS + victim) {
-                    let (_, x) = unpack(m, w);
-                    if m_flags(m) & flags::AFFINITY == 0 {
-                        evicted_partner = Some(x.reverse());
-                    }
-                }
-                if best != u32::MAX {
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                self.clear_lane(b, victim);
-                victim
+        if let Some(lane) = self.free_lane(home) {
+            self.place(home, lane, key, xlate, fl, now, mac, tag);
+            return (new_entry, true, None);
+        }
+        for d in 1..=NEIGHBOURS {
+            let nb = (home + d) & self.mask as usize;
+            if nb == home {
+                break;
             }
-        };
-        self.write_slot(
-            b * SLOTS + lane,
-            meta(0, key.proto, fl | flags::USED, now, mac),
-            pack(key, xlate),
-        );
-        self.set_tag(b, lane, tag);
-        self.len.fetch_add(1, Ordering::Relaxed);
-        (
-            Entry {
-                key: *key,
-                xlate: *xlate,
-                flags: fl | flags::USED,
-                last_seen: now,
-                mac_idx: mac,
-            },
-            true,
-            evicted_partner,
-        )
+            // try_lock only: waiting while holding `home` could deadlock with a neighbour's
+            // writer; a busy neighbour is skipped.
+            let Some(_g2) = self.try_lock(nb) else {
+                continue;
+            };
+            if let Some(lane) = self.free_lane(nb) {
+                self.buckets[home].overflow.fetch_add(1, Ordering::AcqRel);
+                self.place(nb, lane, key, xlate, fl, now, mac, tag);
+                return (new_entry, true, None);
+            }
+        }
+        // Everything near is full: evict an expired entry of the home bucket, else the least
+        // recently seen one.
+        let mut victim = 0;
+        let mut best = 0u32;
+        for l in 0..SLOTS {
+            if let Some((m, _)) = self.read_slot(home * SLOTS + l) {
+                let age = age_secs(now, m_last(m));
+                let score = if age > self.timeout_of(m_proto(m), m_flags(m), 0) {
+                    u32::MAX
+                } else {
+                    age
+                };
+                if score >= best {
+                    best = score;
+                    victim = l;
+                }
+            }
+        }
+        let mut evicted_partner = None;
+        if let Some((m, w)) = self.read_slot(home * SLOTS + victim) {
+            let (_, x) = unpack(m, w);
+            if m_flags(m) & flags::AFFINITY == 0 {
+                evicted_partner = Some(x.reverse());
+            }
+        }
+        if best != u32::MAX {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        self.clear_lane(home, victim);
+        self.place(home, victim, key, xlate, fl, now, mac, tag);
+        (new_entry, true, evicted_partner)
     }
 
     /// Removes `key`; true when it was present.
     pub fn remove(&self, key: &Tuple) -> bool {
         let h = self.hash(key);
-        let b = (h & self.mask) as usize;
-        let _g = self.lock(b);
-        match self.find_locked(b, key, tag_of(h)) {
-            Some((lane, _, _)) => {
+        let home = (h & self.mask) as usize;
+        let tag = tag_of(h);
+        loop {
+            let _g = self.lock(home);
+            let Some((b, lane, _, _)) = self.locate(home, key, tag) else {
+                return false;
+            };
+            if b == home {
                 self.clear_lane(b, lane);
-                true
+                return true;
             }
-            None => false,
+            if let Some(_g2) = self.try_lock(b) {
+                // Re-check under the neighbour's lock (its own inserts may evict).
+                if let Some((lane, _, _)) = self.find_in(b, key, tag) {
+                    self.clear_lane(b, lane);
+                    return true;
+                }
+                return false;
+            }
+            drop(_g);
+            std::hint::spin_loop();
         }
     }
 

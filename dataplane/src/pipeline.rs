@@ -234,6 +234,7 @@ impl Pipeline {
                         p.pull_front(inner_off);
                         p.truncate(inner_len);
                         decapped = true;
+                        self.counters.decap.inc();
                     }
                 }
             }

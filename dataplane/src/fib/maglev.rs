@@ -54,9 +54,12 @@ impl Maglev {
             };
         }
         let m = table_size(n);
+        // Fill in address order, whatever the input order, so every node builds the same table.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| backends[i]);
         let mut offset = Vec::with_capacity(n);
         let mut skip = Vec::with_capacity(n);
-        for b in &backends[..n] {
+        for b in order.iter().map(|&i| &backends[i]) {
             offset.push((backend_hash(b, 0x6d61_676c_6576_3031) % m as u64) as usize);
             skip.push((backend_hash(b, 0x736b_6970_7365_6564) % (m as u64 - 1)) as usize + 1);
         }
@@ -70,7 +73,7 @@ impl Maglev {
                     next[i] += 1;
                     c = (offset[i] + next[i] * skip[i]) % m;
                 }
-                table[c] = i as u16;
+                table[c] = order[i] as u16;
                 next[i] += 1;
                 filled += 1;
                 if filled == m {

@@ -286,7 +286,7 @@ impl Lpm {
                 let mut map = IntMap::default();
                 map.insert(net.addr_u32(), v);
                 self.by_len.push((mask, map));
-                self.by_len.sort_by(|a, b| b.0.cmp(&a.0));
+                self.by_len.sort_by_key(|e| std::cmp::Reverse(e.0));
             }
         }
     }

@@ -36,10 +36,10 @@ impl Ipv4Net {
         self.addr
     }
     /// Prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
-    /// True for `/0`? No: a prefix is never empty; this is `len == 0` (the default route).
+    /// True for `/0` (the default route).
     pub fn is_default(&self) -> bool {
         self.len == 0
     }

@@ -1,1 +1,292 @@
+use super::*;
+use crate::testutil::{self, ClusterShape};
+use proptest::prelude::*;
 
+const SHAPE: ClusterShape = ClusterShape {
+    nodes: 4,
+    pods_per_node: 5,
+    services: 20,
+    backends: 3,
+};
+
+#[test]
+fn lookups() {
+    let fib = testutil::cluster_builder(&SHAPE).build();
+    let ep = fib
+        .endpoint(testutil::pod_ip(0, 2).into())
+        .expect("local pod");
+    assert_eq!(ep.port, testutil::FIRST_POD_PORT + 2);
+    assert_eq!(
+        fib.port_kind(ep.port),
+        PortKind::Pod(testutil::pod_ip(0, 2))
+    );
+    assert_eq!(fib.port_kind(testutil::UPLINK), PortKind::Uplink);
+    assert_eq!(fib.port_kind(testutil::HOST), PortKind::Host);
+    assert_eq!(fib.port_kind(999), PortKind::Unused);
+    assert!(fib.endpoint(testutil::pod_ip(1, 2).into()).is_none());
+    let r = fib.route(testutil::pod_ip(3, 1).into()).expect("remote");
+    assert_eq!(r.underlay_ip, testutil::node_ip(3));
+    assert!(
+        fib.route(testutil::pod_ip(0, 1).into()).is_none(),
+        "own CIDR is not remote"
+    );
+    assert!(
+        fib.route(u32::from(std::net::Ipv4Addr::new(10, 250, 0, 1)))
+            .is_none()
+    );
+    assert_eq!(
+        fib.node_by_underlay(testutil::node_ip(2).into())
+            .unwrap()
+            .name,
+        "node-2"
+    );
+    let vip: u32 = testutil::service_ip(7).into();
+    let s = fib.service(vip, 80, proto::TCP).expect("service");
+    assert_eq!(s.lb.name, "default/svc-7:80/tcp");
+    assert!(!s.external);
+    assert_eq!(s.lb.backends.len(), 3);
+    assert!(fib.service(vip, 81, proto::TCP).is_none());
+    assert_eq!(
+        fib.service(vip, 53, proto::UDP).unwrap().lb.proto,
+        proto::UDP
+    );
+    let np = fib
+        .service(testutil::node_ip(0).into(), 30007, proto::TCP)
+        .expect("nodeport");
+    assert!(np.external);
+    assert!(std::ptr::eq(np.lb, s.lb));
+    assert!(
+        fib.service(testutil::node_ip(1).into(), 30007, proto::TCP)
+            .is_none()
+    );
+    assert!(fib.is_vip(vip));
+    assert!(!fib.is_vip(testutil::node_ip(0).into()));
+}
+
+#[test]
+fn outer_header_is_valid() {
+    let fib = testutil::cluster_builder(&SHAPE).build();
+    let r = fib.route(testutil::pod_ip(1, 0).into()).unwrap();
+    let h = &r.outer;
+    assert_eq!(&h[0..6], &testutil::node_mac(1).0);
+    assert_eq!(&h[6..12], &testutil::node_mac(0).0);
+    assert_eq!(h[14], 0x45);
+    assert_eq!(
+        u16::from_be_bytes([h[20], h[21]]) & crate::wire::ipv4::FLAG_DF,
+        crate::wire::ipv4::FLAG_DF
+    );
+    assert_eq!(u16::from_be_bytes([h[36], h[37]]), DEFAULT_VXLAN_PORT);
+    assert_eq!(h[42], 0x08);
+    assert_eq!(u32::from_be_bytes([0, h[46], h[47], h[48]]), DEFAULT_VNI);
+}
+
+#[test]
+fn backend_change_shares_everything_else() {
+    let mut b = testutil::cluster_builder(&SHAPE);
+    let f1 = b.build();
+    let mut spec = testutil::service_spec(&SHAPE, 5);
+    spec.ports[0].backends.pop();
+    b.upsert_service(spec).unwrap();
+    let f2 = b.build();
+    assert_eq!(f2.generation(), f1.generation() + 1);
+    assert!(
+        Arc::ptr_eq(&f1.index, &f2.index),
+        "frontends unchanged: index shared"
+    );
+    assert!(Arc::ptr_eq(&f1.endpoints, &f2.endpoints));
+    assert!(Arc::ptr_eq(&f1.remotes, &f2.remotes));
+    let mut changed = 0;
+    for (a, c) in f1.lbs.iter().zip(f2.lbs.iter()) {
+        if !Arc::ptr_eq(a, c) {
+            changed += 1;
+            assert!(a.name.starts_with("default/svc-5:"));
+        }
+    }
+    assert_eq!(changed, 2, "both ports of svc-5 rebuilt, nothing else");
+    let vip: u32 = testutil::service_ip(5).into();
+    assert_eq!(
+        f2.service(vip, 80, proto::TCP).unwrap().lb.backends.len(),
+        2
+    );
+    assert_eq!(
+        f1.service(vip, 80, proto::TCP).unwrap().lb.backends.len(),
+        3,
+        "old snapshot untouched"
+    );
+}
+
+#[test]
+fn conflicting_frontends_are_reported_not_fatal() {
+    let mut b = testutil::cluster_builder(&SHAPE);
+    let mut spec = testutil::service_spec(&SHAPE, 3);
+    spec.name = "zzz/late".into();
+    spec.cluster_ips = vec![testutil::service_ip(3)];
+    b.upsert_service(spec).unwrap();
+    let fib = b.build();
+    assert_eq!(b.warnings().len(), 3, "{:?}", b.warnings()); // two ports + a NodePort
+    let vip: u32 = testutil::service_ip(3).into();
+    assert_eq!(
+        fib.service(vip, 80, proto::TCP).unwrap().lb.name,
+        "default/svc-3:80/tcp"
+    );
+}
+
+#[test]
+fn endpoint_outside_cidr_is_refused() {
+    let mut b = FibBuilder::new(testutil::node_facts(0));
+    let e = Endpoint {
+        ip: testutil::pod_ip(1, 0),
+        mac: MacAddr::ZERO,
+        port: 5,
+        policy_id: 0,
+    };
+    assert!(matches!(
+        b.upsert_endpoint(e),
+        Err(BuildError::EndpointOutsideCidr { .. })
+    ));
+}
+
+#[test]
+fn local_traffic_policy_picks_local_backends_only() {
+    let mut b = testutil::cluster_builder(&SHAPE);
+    let mut spec = testutil::service_spec(&SHAPE, 1);
+    spec.external_local = true;
+    spec.ports[0].backends = vec![
+        std::net::SocketAddrV4::new(testutil::pod_ip(0, 1), 80),
+        std::net::SocketAddrV4::new(testutil::pod_ip(1, 1), 80),
+        std::net::SocketAddrV4::new(testutil::pod_ip(2, 1), 80),
+    ];
+    b.upsert_service(spec).unwrap();
+    let fib = b.build();
+    let lb = fib
+        .service(testutil::service_ip(1).into(), 80, proto::TCP)
+        .unwrap()
+        .lb;
+    let mut seen = std::collections::BTreeSet::new();
+    for h in 0..10_000u64 {
+        seen.insert(lb.pick(crate::hash::mix64(h), true).unwrap());
+    }
+    assert_eq!(seen.len(), 1, "external: local only");
+    let mut seen = std::collections::BTreeSet::new();
+    for h in 0..10_000u64 {
+        seen.insert(lb.pick(crate::hash::mix64(h), false).unwrap());
+    }
+    assert_eq!(seen.len(), 3, "internal traffic: cluster-wide");
+}
+
+/// What a table says, in a comparable form.
+fn digest(f: &Fib) -> Vec<String> {
+    let mut out: Vec<String> = f.endpoints().map(|e| format!("ep {e:?}")).collect();
+    for n in f.remote_nodes() {
+        out.push(format!(
+            "node {} {} {:?} {:?}",
+            n.name, n.underlay_ip, n.pod_cidrs, n.outer
+        ));
+    }
+    for (k, v) in f.index.by_addr.iter() {
+        let lb = &f.lbs[(v >> 1) as usize];
+        out.push(format!(
+            "svc {k:x} ext={} {} {:?} {:?}",
+            v & 1,
+            lb.name,
+            lb.backends,
+            lb.all
+        ));
+    }
+    for (k, v) in f.index.by_node_port.iter() {
+        out.push(format!("np {k:x} {}", f.lbs[*v as usize].name));
+    }
+    out.push(format!("ports {:?}", f.ports));
+    out.sort();
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Svc(u32, Vec<u32>),
+    DelSvc(u32),
+    Ep(u32),
+    DelEp(u32),
+    Node(u32),
+    DelNode(u32),
+    Build,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u32..30, proptest::collection::vec(0u32..40, 0..6)).prop_map(|(k, b)| Op::Svc(k, b)),
+        1 => (0u32..30).prop_map(Op::DelSvc),
+        2 => (0u32..20).prop_map(Op::Ep),
+        1 => (0u32..20).prop_map(Op::DelEp),
+        1 => (1u32..8).prop_map(Op::Node),
+        1 => (1u32..8).prop_map(Op::DelNode),
+        2 => Just(Op::Build),
+    ]
+}
+
+fn apply(b: &mut FibBuilder, op: &Op) {
+    let shape = ClusterShape {
+        nodes: 8,
+        pods_per_node: 20,
+        services: 30,
+        backends: 0,
+    };
+    match op {
+        Op::Svc(k, bs) => {
+            let mut s = testutil::service_spec(&shape, *k);
+            let backends: Vec<_> = bs
+                .iter()
+                .map(|&i| std::net::SocketAddrV4::new(testutil::pod_ip(i % 8, i), 80))
+                .collect();
+            s.ports[0].backends = backends.clone();
+            s.ports[1].backends = backends;
+            b.upsert_service(s).unwrap();
+        }
+        Op::DelSvc(k) => {
+            b.remove_service(&format!("default/svc-{k}"));
+        }
+        Op::Ep(j) => b
+            .upsert_endpoint(Endpoint {
+                ip: testutil::pod_ip(0, *j),
+                mac: testutil::pod_mac(0, *j),
+                port: 2 + *j as u16,
+                policy_id: 0,
+            })
+            .unwrap(),
+        Op::DelEp(j) => {
+            b.remove_endpoint(testutil::pod_ip(0, *j));
+        }
+        Op::Node(i) => b.upsert_node(RemoteNodeSpec {
+            name: format!("node-{i}"),
+            underlay_ip: testutil::node_ip(*i),
+            next_hop_mac: testutil::node_mac(*i),
+            pod_cidrs: vec![testutil::pod_cidr(*i)],
+        }),
+        Op::DelNode(i) => {
+            b.remove_node(&format!("node-{i}"));
+        }
+        Op::Build => {
+            b.build();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Incremental builds (any interleaving of changes and builds) give the same table as one
+    /// from-scratch build of the final state.
+    #[test]
+    fn incremental_equals_scratch(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut inc = FibBuilder::new(testutil::node_facts(0));
+        for o in &ops {
+            apply(&mut inc, o);
+        }
+        let a = inc.build();
+        let mut scratch = FibBuilder::new(testutil::node_facts(0));
+        for o in ops.iter().filter(|o| !matches!(o, Op::Build)) {
+            apply(&mut scratch, o);
+        }
+        let b = scratch.build();
+        prop_assert_eq!(digest(&a), digest(&b));
+    }
+}
