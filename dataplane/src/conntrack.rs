@@ -27,8 +27,9 @@
 //! Never allocates after construction; no unsafe code.
 
 use crate::hash::{mix64, random_seed};
+use crate::sys::{AtomicArray, MapError};
 use crate::wire::proto;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 /// An IPv4 5-tuple (host-order addresses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -158,22 +159,16 @@ pub enum InsertError {
 }
 
 const SLOTS: usize = 16;
-
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Bucket {
-    tags: [AtomicU64; 4],
-    lock: AtomicU32,
-    /// Entries homed here but stored in one of the next buckets.
-    overflow: AtomicU32,
-}
+/// Words per bucket header (one cache line): 4 tag words, lock, overflow count, 2 unused.
+const BWORDS: usize = 8;
+const B_LOCK: usize = 4;
+/// Entries homed in a bucket but stored in one of the next buckets.
+const B_OVERFLOW: usize = 5;
+/// Words per slot (half a cache line): meta, key addresses, ports, translated addresses.
+const SWORDS: usize = 4;
 
 /// How many buckets after its home an entry may be stored in.
 const NEIGHBOURS: usize = 3;
-
-#[derive(Debug, Default)]
-#[repr(align(32))]
-struct Slot([AtomicU64; 4]);
 
 // meta word: seq:16 | proto:8 | flags:8 | last_seen:16 | mac_idx:16
 #[inline]
@@ -234,6 +229,17 @@ fn unpack(m: u64, w: [u64; 3]) -> (Tuple, Tuple) {
     )
 }
 
+/// Lanes (0..4) of a tag word that may hold `tag`, as a bit mask (bit 16*lane+15). SWAR:
+/// lanes equal to `tag` become zero after the xor; a zero lane sets its top bit. A borrow can
+/// flag a lane above a true match as well; callers verify the key, so that is harmless.
+#[inline(always)]
+fn lanes_matching(tags: u64, tag: u16) -> u64 {
+    const LO: u64 = 0x0001_0001_0001_0001;
+    const HI: u64 = 0x8000_8000_8000_8000;
+    let x = tags ^ (LO * tag as u64);
+    x.wrapping_sub(LO) & !x & HI
+}
+
 /// The tag stored for a hash: never 0 (0 marks a free lane).
 #[inline]
 fn tag_of(h: u64) -> u16 {
@@ -252,8 +258,11 @@ pub struct GcStats {
 /// The connection tracking table.
 #[derive(Debug)]
 pub struct Conntrack {
-    buckets: Box<[Bucket]>,
-    slots: Box<[Slot]>,
+    /// Bucket headers, [`BWORDS`] words each.
+    buckets: AtomicArray,
+    /// Slots, [`SWORDS`] words each.
+    slots: AtomicArray,
+    n_buckets: usize,
     mask: u64,
     seed: u64,
     len: AtomicUsize,
@@ -263,7 +272,7 @@ pub struct Conntrack {
     macs: MacTable,
 }
 
-struct BucketLock<'a>(&'a AtomicU32);
+struct BucketLock<'a>(&'a AtomicU64);
 
 impl Drop for BucketLock<'_> {
     fn drop(&mut self) {
@@ -273,14 +282,16 @@ impl Drop for BucketLock<'_> {
 
 impl Conntrack {
     /// A table for at least `capacity` entries (two per flow), rounded up to a power of two of
-    /// buckets; sized so that the expected load stays at or below one half.
-    pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
+    /// buckets; sized so that the expected load stays at or below one half. Memory: 64 bytes
+    /// per entry of capacity (slots at half load plus headers), in huge pages where available.
+    pub fn new(capacity: usize, timeouts: Timeouts) -> Result<Self, MapError> {
         let buckets = (capacity.max(SLOTS) * 2)
             .div_ceil(SLOTS)
             .next_power_of_two();
-        Self {
-            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
-            slots: (0..buckets * SLOTS).map(|_| Slot::default()).collect(),
+        Ok(Self {
+            buckets: AtomicArray::zeroed(buckets * BWORDS)?,
+            slots: AtomicArray::zeroed(buckets * SLOTS * SWORDS)?,
+            n_buckets: buckets,
             mask: buckets as u64 - 1,
             seed: random_seed(),
             len: AtomicUsize::new(0),
@@ -288,7 +299,22 @@ impl Conntrack {
             gc_cursor: AtomicUsize::new(0),
             timeouts,
             macs: MacTable::new(),
-        }
+        })
+    }
+
+    #[inline(always)]
+    fn tags(&self, b: usize) -> &[AtomicU64] {
+        &self.buckets[b * BWORDS..b * BWORDS + 4]
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> &[AtomicU64] {
+        &self.slots[i * SWORDS..i * SWORDS + SWORDS]
+    }
+
+    #[inline(always)]
+    fn overflow(&self, b: usize) -> &AtomicU64 {
+        &self.buckets[b * BWORDS + B_OVERFLOW]
     }
 
     /// Entries in use (two per flow).
@@ -301,7 +327,7 @@ impl Conntrack {
     }
     /// Slots in total.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.n_buckets * SLOTS
     }
     /// Live entries evicted because their bucket was full.
     pub fn evictions(&self) -> u64 {
@@ -322,16 +348,31 @@ impl Conntrack {
         t.hash(self.seed)
     }
 
-    /// Touches the bucket header for `hash` so a later lookup finds it in cache. Issued for a
-    /// whole batch before the lookups, the misses overlap.
+    /// Prefetches the bucket header for `hash` (stage one of a batched lookup).
     #[inline]
-    pub fn prefetch(&self, hash: u64) -> u64 {
-        self.buckets[(hash & self.mask) as usize].tags[0].load(Ordering::Relaxed)
+    pub fn prefetch_bucket(&self, hash: u64) {
+        crate::sys::prefetch(&self.buckets[(hash & self.mask) as usize * BWORDS]);
+    }
+
+    /// Prefetches the slot whose tag matches `hash` in its home bucket, if any (stage two,
+    /// after the header is in cache). A tag match is only a hint; the lookup verifies the key.
+    #[inline]
+    pub fn prefetch_slot(&self, hash: u64) {
+        let b = (hash & self.mask) as usize;
+        let tag = tag_of(hash);
+        for (w, word) in self.tags(b).iter().enumerate() {
+            let m = lanes_matching(word.load(Ordering::Relaxed), tag);
+            if m != 0 {
+                let lane = m.trailing_zeros() as usize / 16;
+                crate::sys::prefetch(&self.slots[(b * SLOTS + w * 4 + lane) * SWORDS]);
+                return;
+            }
+        }
     }
 
     #[inline]
     fn read_slot(&self, i: usize) -> Option<(u64, [u64; 3])> {
-        let s = &self.slots[i].0;
+        let s = self.slot(i);
         for _ in 0..64 {
             let m0 = s[0].load(Ordering::Acquire);
             if m_seq(m0) & 1 == 1 {
@@ -356,25 +397,21 @@ impl Conntrack {
     #[inline]
     fn find_in(&self, b: usize, key: &Tuple, tag: u16) -> Option<(usize, u64, [u64; 3])> {
         let want = pack(key, &Tuple::default());
-        for (w, word) in self.buckets[b].tags.iter().enumerate() {
-            let tags = word.load(Ordering::Acquire);
-            if tags == 0 {
-                continue;
-            }
-            for lane in 0..4 {
-                if (tags >> (lane * 16)) as u16 != tag {
-                    continue;
-                }
+        for (w, word) in self.tags(b).iter().enumerate() {
+            let mut m = lanes_matching(word.load(Ordering::Acquire), tag);
+            while m != 0 {
+                let lane = m.trailing_zeros() as usize / 16;
+                m &= m - 1;
                 let l = w * 4 + lane;
-                let Some((m, ws)) = self.read_slot(b * SLOTS + l) else {
+                let Some((meta, ws)) = self.read_slot(b * SLOTS + l) else {
                     continue;
                 };
-                if m_flags(m) & flags::USED != 0
-                    && m_proto(m) == key.proto
+                if m_flags(meta) & flags::USED != 0
+                    && m_proto(meta) == key.proto
                     && ws[0] == want[0]
                     && ws[1] >> 32 == want[1] >> 32
                 {
-                    return Some((l, m, ws));
+                    return Some((l, meta, ws));
                 }
             }
         }
@@ -387,7 +424,7 @@ impl Conntrack {
         if let Some((l, m, w)) = self.find_in(home, key, tag) {
             return Some((home, l, m, w));
         }
-        if self.buckets[home].overflow.load(Ordering::Acquire) == 0 {
+        if self.overflow(home).load(Ordering::Acquire) == 0 {
             return None;
         }
         (1..=NEIGHBOURS).find_map(|d| {
@@ -427,7 +464,7 @@ impl Conntrack {
         if hit.entry.last_seen == now && hit.entry.flags & want == want {
             return;
         }
-        let w0 = &self.slots[hit.slot as usize].0[0];
+        let w0 = &self.slot(hit.slot as usize)[0];
         let _ = w0.fetch_update(Ordering::Release, Ordering::Relaxed, |m| {
             if m_seq(m) != hit.seq {
                 return None;
@@ -438,7 +475,7 @@ impl Conntrack {
     }
 
     fn lock(&self, b: usize) -> BucketLock<'_> {
-        let l = &self.buckets[b].lock;
+        let l = &self.buckets[b * BWORDS + B_LOCK];
         while l
             .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
@@ -451,14 +488,14 @@ impl Conntrack {
     }
 
     fn try_lock(&self, b: usize) -> Option<BucketLock<'_>> {
-        let l = &self.buckets[b].lock;
+        let l = &self.buckets[b * BWORDS + B_LOCK];
         l.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| BucketLock(l))
     }
 
     fn write_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
-        let s = &self.slots[i].0;
+        let s = self.slot(i);
         let mut m = s[0].load(Ordering::Relaxed);
         loop {
             let odd = (m & !(0xffff << 48)) | ((m_seq(m).wrapping_add(1) as u64) << 48);
@@ -479,7 +516,7 @@ impl Conntrack {
     }
 
     fn set_tag(&self, b: usize, lane: usize, tag: u16) {
-        let word = &self.buckets[b].tags[lane / 4];
+        let word = &self.tags(b)[lane / 4];
         let shift = (lane % 4) * 16;
         let v = word.load(Ordering::Relaxed);
         word.store(
@@ -489,7 +526,7 @@ impl Conntrack {
     }
 
     fn lane_tag(&self, b: usize, lane: usize) -> u16 {
-        (self.buckets[b].tags[lane / 4].load(Ordering::Relaxed) >> ((lane % 4) * 16)) as u16
+        (self.tags(b)[lane / 4].load(Ordering::Relaxed) >> ((lane % 4) * 16)) as u16
     }
 
     /// Frees a lane (caller holds bucket `b`'s lock), fixing its home's overflow count.
@@ -498,7 +535,7 @@ impl Conntrack {
             let (k, _) = unpack(m, w);
             let home = (self.hash(&k) & self.mask) as usize;
             if home != b {
-                self.buckets[home].overflow.fetch_sub(1, Ordering::AcqRel);
+                self.overflow(home).fetch_sub(1, Ordering::AcqRel);
             }
         }
         self.set_tag(b, lane, 0);
@@ -582,7 +619,7 @@ impl Conntrack {
                 continue;
             };
             if let Some(lane) = self.free_lane(nb) {
-                self.buckets[home].overflow.fetch_add(1, Ordering::AcqRel);
+                self.overflow(home).fetch_add(1, Ordering::AcqRel);
                 self.place(nb, lane, key, xlate, fl, now, mac, tag);
                 return (new_entry, true, None);
             }
@@ -774,7 +811,7 @@ impl Conntrack {
     /// entries are past their timeout, and expired affinity records.
     pub fn gc(&self, now_secs: u32, max_buckets: usize) -> GcStats {
         let now = tick(now_secs);
-        let n = self.buckets.len();
+        let n = self.n_buckets;
         let mut st = GcStats::default();
         for _ in 0..max_buckets.min(n) {
             let b = self.gc_cursor.fetch_add(1, Ordering::Relaxed) % n;
@@ -833,7 +870,7 @@ impl Conntrack {
     /// Walks the whole table one bucket lock at a time. Returns the entries removed.
     pub fn purge(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
         let mut removed = 0;
-        for b in 0..self.buckets.len() {
+        for b in 0..self.n_buckets {
             let mut doomed: [Option<Entry>; SLOTS] = [None; SLOTS];
             for (lane, d) in doomed.iter_mut().enumerate() {
                 if self.lane_tag(b, lane) == 0 {
@@ -883,7 +920,7 @@ impl Conntrack {
 
     /// Calls `f` with every entry (a consistent copy of each; the table may change meanwhile).
     pub fn for_each(&self, mut f: impl FnMut(&Entry)) {
-        for b in 0..self.buckets.len() {
+        for b in 0..self.n_buckets {
             for lane in 0..SLOTS {
                 if self.lane_tag(b, lane) == 0 {
                     continue;

@@ -1,8 +1,9 @@
 //! xdpnet dataplane: packet views, the forwarding table and its publication, connection
 //! tracking, and the per-batch packet pipeline.
 //!
-//! Everything here except the AF_XDP/UMEM layer (added with the ports) is safe Rust; the crate
-//! denies `unsafe_code` and that one module will opt in with documented invariants.
+//! Everything here is safe Rust except the `sys` module (CPU prefetch hints now, the AF_XDP/UMEM
+//! layer with the ports): the crate denies `unsafe_code` and `sys` alone opts in, with a
+//! `SAFETY:` comment on every unsafe block.
 
 #![deny(unsafe_code)]
 
@@ -13,5 +14,6 @@ pub mod hash;
 pub mod packet;
 pub mod pipeline;
 pub mod rcu;
+pub mod sys;
 pub mod testutil;
 pub mod wire;

@@ -137,12 +137,12 @@ impl Pipeline {
     ) {
         let kind = fib.port_kind(rx);
         self.counters.rx.add(pkts.len() as u64);
-        let mut touch = 0u64;
+        // Stage one: validate and classify every frame; prefetch its conntrack bucket.
         for (i, p) in pkts.iter_mut().enumerate() {
             match self.ingress(fib, ct, kind, rx, p) {
                 Ok(m) => {
                     if m.ports {
-                        touch ^= ct.prefetch(m.hash);
+                        ct.prefetch_bucket(m.hash);
                     }
                     self.meta[i] = m;
                     self.pending[i] = true;
@@ -153,7 +153,13 @@ impl Pipeline {
                 }
             }
         }
-        std::hint::black_box(touch);
+        // Stage two: the bucket headers are (on their way) in cache; prefetch the slots.
+        for i in 0..pkts.len() {
+            if self.pending[i] && self.meta[i].ports {
+                ct.prefetch_slot(self.meta[i].hash);
+            }
+        }
+        // Stage three: lookups, translation, routing, rewrite.
         let now = conntrack::tick(now_secs);
         for (i, p) in pkts.iter_mut().enumerate() {
             if self.pending[i] {
@@ -772,14 +778,20 @@ fn tcp_ct_flags(f: u8) -> u8 {
     o
 }
 
-/// Decrements the TTL of the IPv4 packet in an Ethernet frame; false when it would expire.
+/// Decrements the TTL of the IPv4 packet in an Ethernet frame; false when it would expire (or
+/// the frame is too short to hold an IPv4 header, which validation already excluded).
 #[inline]
 fn dec_ttl(d: &mut [u8]) -> bool {
-    let mut ip = Ipv4Packet::new_unchecked(&mut d[L3..]);
-    if ip.ttl() <= 1 {
+    let Some(h) = d.get_mut(L3..L3 + 12) else {
+        return false;
+    };
+    if h[8] <= 1 {
         return false;
     }
-    ip.decrement_ttl();
+    let old = u16::from_be_bytes([h[8], h[9]]);
+    h[8] -= 1;
+    let c = checksum::update16(u16::from_be_bytes([h[10], h[11]]), old, old - 0x0100);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
     true
 }
 

@@ -18,7 +18,7 @@ const B2: u32 = 0x0af4_0206;
 
 #[test]
 fn both_directions_are_found() {
-    let ct = Conntrack::new(1024, Timeouts::default());
+    let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     let orig = t(C, 40000, VIP, 80, proto::TCP);
     let x = t(C, 40000, B1, 8080, proto::TCP);
     assert_eq!(ct.insert_flow(&orig, &x, 5, 0, 0), Ok(x));
@@ -35,7 +35,7 @@ fn both_directions_are_found() {
 
 #[test]
 fn first_binding_wins_and_reply_collisions_are_refused() {
-    let ct = Conntrack::new(1024, Timeouts::default());
+    let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     let orig = t(C, 40000, VIP, 80, proto::TCP);
     let x1 = t(C, 40000, B1, 8080, proto::TCP);
     let x2 = t(C, 40000, B2, 8080, proto::TCP);
@@ -53,7 +53,7 @@ fn first_binding_wins_and_reply_collisions_are_refused() {
 
 #[test]
 fn touch_updates_flags_and_time() {
-    let ct = Conntrack::new(1024, Timeouts::default());
+    let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     let orig = t(C, 1, VIP, 80, proto::TCP);
     let x = t(C, 1, B1, 8080, proto::TCP);
     ct.insert_flow(&orig, &x, 10, 0, 0).unwrap();
@@ -77,7 +77,7 @@ fn touch_updates_flags_and_time() {
 #[test]
 fn timeouts_follow_state() {
     let to = Timeouts::default();
-    let ct = Conntrack::new(4096, to);
+    let ct = Conntrack::new(4096, to).unwrap();
     let mk = |sport: u16, pr: u8| {
         let o = t(C, sport, VIP, 80, pr);
         let x = t(C, sport, B1, 8080, pr);
@@ -115,7 +115,7 @@ fn timeouts_follow_state() {
 
 #[test]
 fn traffic_in_either_direction_keeps_a_flow() {
-    let ct = Conntrack::new(1024, Timeouts::default());
+    let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     let o = t(C, 9, VIP, 53, proto::UDP);
     let x = t(C, 9, B1, 53, proto::UDP);
     ct.insert_flow(&o, &x, tick(0), 0, 0).unwrap();
@@ -129,7 +129,7 @@ fn traffic_in_either_direction_keeps_a_flow() {
 
 #[test]
 fn capacity_is_bounded_and_eviction_keeps_pairs() {
-    let ct = Conntrack::new(64, Timeouts::default());
+    let ct = Conntrack::new(64, Timeouts::default()).unwrap();
     for i in 0..5000u32 {
         let o = t(C + i, 1000, VIP, 80, proto::TCP);
         let x = t(C + i, 1000, B1, 8080, proto::TCP);
@@ -149,7 +149,7 @@ fn capacity_is_bounded_and_eviction_keeps_pairs() {
 
 #[test]
 fn concurrent_inserts_and_lookups() {
-    let ct = Arc::new(Conntrack::new(200_000, Timeouts::default()));
+    let ct = Arc::new(Conntrack::new(200_000, Timeouts::default()).unwrap());
     let threads: Vec<_> = (0..4u32)
         .map(|w| {
             let ct = ct.clone();
@@ -172,7 +172,7 @@ fn concurrent_inserts_and_lookups() {
 
 #[test]
 fn racing_first_packets_agree_on_one_binding() {
-    let ct = Arc::new(Conntrack::new(100_000, Timeouts::default()));
+    let ct = Arc::new(Conntrack::new(100_000, Timeouts::default()).unwrap());
     let threads: Vec<_> = (0..4u32)
         .map(|w| {
             let ct = ct.clone();
@@ -211,7 +211,7 @@ fn racing_first_packets_agree_on_one_binding() {
 
 #[test]
 fn affinity_records_expire() {
-    let ct = Conntrack::new(1024, Timeouts::default());
+    let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     ct.affinity_set(C, VIP, 80, proto::TCP, (B1, 8080), tick(0), 100);
     assert_eq!(
         ct.affinity_get(C, VIP, 80, proto::TCP, tick(50), 100),
@@ -233,7 +233,7 @@ fn affinity_records_expire() {
 
 #[test]
 fn mac_table_interns() {
-    let ct = Conntrack::new(16, Timeouts::default());
+    let ct = Conntrack::new(16, Timeouts::default()).unwrap();
     let a = crate::wire::MacAddr([2, 0, 0, 0, 0, 1]);
     let b = crate::wire::MacAddr([2, 0, 0, 0, 0, 2]);
     let ia = ct.macs().intern(a).unwrap();

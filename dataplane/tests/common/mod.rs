@@ -65,7 +65,7 @@ impl Node {
             index: i,
             builder,
             fib,
-            ct: Conntrack::new(1 << 14, Timeouts::default()),
+            ct: Conntrack::new(1 << 14, Timeouts::default()).unwrap(),
             pipe: Pipeline::new(),
             now: 100,
         }
