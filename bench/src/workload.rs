@@ -484,7 +484,7 @@ impl Bench {
             if let Some(b) = p.backends.first_mut() {
                 *b = std::net::SocketAddrV4::new(
                     testutil::pod_ip(i % shape.nodes, (i / 7) % shape.pods_per_node),
-                    9000 + (i % 1000) as u16,
+                    1024 + (i % 60_000) as u16,
                 );
             }
         }

@@ -695,6 +695,7 @@ impl Conntrack {
         now: u16,
         mac_idx: u16,
         extra: u8,
+        orig_flags: u8,
     ) -> Result<Tuple, InsertError> {
         let rkey = xlate.reverse();
         let rval = orig.reverse();
@@ -705,7 +706,7 @@ impl Conntrack {
         if !r_new && r.xlate != rval {
             return Err(InsertError::ReplyCollision);
         }
-        let (o, o_new, ev2) = self.insert_one(orig, xlate, extra, now, mac_idx);
+        let (o, o_new, ev2) = self.insert_one(orig, xlate, extra | orig_flags, now, mac_idx);
         if let Some(p) = ev2 {
             self.remove(&p);
         }

@@ -53,6 +53,21 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// A new service flow decided in stage three and recorded in stage four, once its reply
+/// tuple's conntrack bucket (prefetched in between) is in cache.
+#[derive(Debug, Clone, Copy, Default)]
+struct NewFlow {
+    xlate: Tuple,
+    masq: bool,
+    mac_idx: u16,
+    extra: u8,
+}
+
+enum Step {
+    Done(Verdict),
+    New(NewFlow),
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Meta {
     /// Offset of the L4 header in the data.
@@ -75,6 +90,7 @@ pub struct Pipeline {
     counters: Arc<Counters>,
     meta: [Meta; MAX_BATCH],
     pending: [bool; MAX_BATCH],
+    new: [NewFlow; MAX_BATCH],
 }
 
 impl Default for Pipeline {
@@ -90,6 +106,7 @@ impl Pipeline {
             counters: Arc::new(Counters::default()),
             meta: [Meta::default(); MAX_BATCH],
             pending: [false; MAX_BATCH],
+            new: [NewFlow::default(); MAX_BATCH],
         }
     }
 
@@ -159,12 +176,26 @@ impl Pipeline {
                 ct.prefetch_slot(self.meta[i].hash);
             }
         }
-        // Stage three: lookups, translation, routing, rewrite.
+        // Stage three: lookups; established flows and plain routing finish here. A new service
+        // flow picks its backend and prefetches its reply tuple's bucket.
         let now = conntrack::tick(now_secs);
         for (i, p) in pkts.iter_mut().enumerate() {
             if self.pending[i] {
                 let m = self.meta[i];
-                out[i] = self.forward(fib, ct, now, rx, kind, p, &m);
+                match self.forward(fib, ct, now, rx, kind, p, &m) {
+                    Step::Done(v) => {
+                        out[i] = v;
+                        self.pending[i] = false;
+                    }
+                    Step::New(nf) => self.new[i] = nf,
+                }
+            }
+        }
+        // Stage four: record the new flows, translate and route them.
+        for (i, p) in pkts.iter_mut().enumerate() {
+            if self.pending[i] {
+                let (m, nf) = (self.meta[i], self.new[i]);
+                out[i] = self.commit_new_flow(fib, ct, now, kind, p, &m, nf);
             }
         }
         for v in out.iter() {
@@ -358,7 +389,7 @@ impl Pipeline {
         kind: PortKind,
         p: &mut Packet<'_>,
         m: &Meta,
-    ) -> Verdict {
+    ) -> Step {
         let raw_uplink = kind == PortKind::Uplink && !m.decapped;
         let t = m.tuple;
         if m.proto == proto::ICMP && !m.later_fragment {
@@ -367,15 +398,15 @@ impl Pipeline {
                 let ic = wire::IcmpPacket::new_checked(&d[m.l4 as usize..]);
                 match ic {
                     Ok(ic) => (ic.msg_type(), ic.is_error()),
-                    Err(_) => return Verdict::Drop(DropReason::L4Malformed),
+                    Err(_) => return Step::Done(Verdict::Drop(DropReason::L4Malformed)),
                 }
             };
             if ty == icmp::ECHO_REQUEST && fib.is_vip(t.dst) {
-                return self.echo_reply(fib, rx, raw_uplink, p, m);
+                return Step::Done(self.echo_reply(fib, rx, raw_uplink, p, m));
             }
             if is_err {
                 if let Some(v) = self.icmp_related(fib, ct, now, kind, p, m) {
-                    return v;
+                    return Step::Done(v);
                 }
             }
         }
@@ -403,41 +434,42 @@ impl Pipeline {
                 rewrite(p.data_mut(), m.l4 as usize, m.proto, &t, &h.entry.xlate);
                 self.counters.nat.inc();
                 if h.entry.flags & (ctf::REPLY | ctf::UPLINK) == ctf::REPLY | ctf::UPLINK {
-                    return self.to_uplink(fib, ct, p, h.entry.mac_idx);
+                    return Step::Done(self.to_uplink(fib, ct, p, h.entry.mac_idx));
                 }
-                return self.route(
+                return Step::Done(self.route(
                     fib,
                     m.decapped,
                     kind == PortKind::Host,
                     p,
                     h.entry.xlate.dst,
                     m.hash,
-                );
+                ));
             }
             if let Some(svc) = fib.service(t.dst, t.dport, t.proto) {
-                return self.new_flow(fib, ct, now, kind, raw_uplink, p, m, svc);
+                return self.prepare_new_flow(fib, ct, now, raw_uplink, p, m, svc);
             }
         } else if m.later_fragment && fib.is_vip(t.dst) {
-            return Verdict::Drop(DropReason::FragmentToService);
+            return Step::Done(Verdict::Drop(DropReason::FragmentToService));
         }
         if raw_uplink {
-            return Verdict::Drop(DropReason::NotForUs);
+            return Step::Done(Verdict::Drop(DropReason::NotForUs));
         }
-        self.route(fib, m.decapped, kind == PortKind::Host, p, t.dst, m.hash)
+        Step::Done(self.route(fib, m.decapped, kind == PortKind::Host, p, t.dst, m.hash))
     }
 
+    /// Stage three of a new service flow: backend (affinity or Maglev), masquerade decision,
+    /// the translated tuple; prefetches the reply tuple's conntrack bucket.
     #[allow(clippy::too_many_arguments)] // the per-packet context
-    fn new_flow(
+    fn prepare_new_flow(
         &self,
         fib: &Fib,
         ct: &Conntrack,
         now: u16,
-        kind: PortKind,
         raw_uplink: bool,
         p: &mut Packet<'_>,
         m: &Meta,
         svc: crate::fib::SvcHit<'_>,
-    ) -> Verdict {
+    ) -> Step {
         let t = m.tuple;
         let lb = svc.lb;
         let external = svc.external && raw_uplink;
@@ -457,7 +489,7 @@ impl Pipeline {
             None => {
                 let h = flow_hash(0, t.src, t.dst, t.sport, t.dport, t.proto);
                 let Some(b) = lb.pick(h, external) else {
-                    return Verdict::Drop(DropReason::NoBackend);
+                    return Step::Done(Verdict::Drop(DropReason::NoBackend));
                 };
                 if lb.affinity_timeout > 0 {
                     ct.affinity_set(
@@ -487,7 +519,7 @@ impl Pipeline {
             let src_mac = EthernetFrame::new_unchecked(p.data()).src();
             match ct.macs().intern(src_mac) {
                 Some(i) => (i, ctf::UPLINK),
-                None => return Verdict::Drop(DropReason::NatCollision),
+                None => return Step::Done(Verdict::Drop(DropReason::NatCollision)),
             }
         } else {
             (0, 0)
@@ -499,15 +531,46 @@ impl Pipeline {
             dport: backend.port(),
             proto: t.proto,
         };
-        let tries = if masq { SNAT_TRIES } else { 1 };
+        if masq {
+            xlate.src = u32::from(node.masquerade_ip);
+            xlate.sport = snat_port(m.hash, 0);
+        }
+        ct.prefetch_bucket(ct.hash(&xlate.reverse()));
+        Step::New(NewFlow {
+            xlate,
+            masq,
+            mac_idx,
+            extra,
+        })
+    }
+
+    /// Stage four of a new service flow: record it in conntrack (another masquerade port if
+    /// the first is taken), translate, route.
+    #[allow(clippy::too_many_arguments)] // the per-packet context
+    fn commit_new_flow(
+        &self,
+        fib: &Fib,
+        ct: &Conntrack,
+        now: u16,
+        kind: PortKind,
+        p: &mut Packet<'_>,
+        m: &Meta,
+        nf: NewFlow,
+    ) -> Verdict {
+        let t = m.tuple;
+        let mut xlate = nf.xlate;
+        let tries = if nf.masq { SNAT_TRIES } else { 1 };
+        let orig_flags = if m.proto == proto::TCP {
+            tcp_ct_flags(m.tcp_flags)
+        } else {
+            0
+        };
         let mut bound = None;
         for k in 0..tries {
-            if masq {
-                xlate.src = u32::from(node.masquerade_ip);
-                xlate.sport = SNAT_PORT_MIN
-                    + ((m.hash as u32).wrapping_add(k.wrapping_mul(7919)) % SNAT_PORTS) as u16;
+            if nf.masq {
+                xlate.sport = snat_port(m.hash, k);
             }
-            if let Ok(x) = ct.insert_flow(&t, &xlate, now, mac_idx, extra) {
+            if let Ok(x) = ct.insert_flow(&t, &xlate, now, nf.mac_idx, nf.extra, orig_flags) {
                 bound = Some(x);
                 break;
             }
@@ -515,16 +578,6 @@ impl Pipeline {
         let Some(x) = bound else {
             return Verdict::Drop(DropReason::NatCollision);
         };
-        let add = if m.proto == proto::TCP {
-            tcp_ct_flags(m.tcp_flags)
-        } else {
-            0
-        };
-        if add != 0 {
-            if let Some(h) = ct.lookup_hashed(&t, m.hash) {
-                ct.touch(&h, now, add);
-            }
-        }
         self.counters.new_flows.inc();
         self.counters.nat.inc();
         rewrite(p.data_mut(), m.l4 as usize, m.proto, &t, &x);
@@ -761,6 +814,12 @@ impl Pipeline {
             m.hash,
         ))
     }
+}
+
+/// The `k`th masquerade source port candidate for a flow.
+#[inline]
+fn snat_port(hash: u64, k: u32) -> u16 {
+    SNAT_PORT_MIN + ((hash as u32).wrapping_add(k.wrapping_mul(7919)) % SNAT_PORTS) as u16
 }
 
 #[inline]

@@ -21,7 +21,7 @@ fn both_directions_are_found() {
     let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     let orig = t(C, 40000, VIP, 80, proto::TCP);
     let x = t(C, 40000, B1, 8080, proto::TCP);
-    assert_eq!(ct.insert_flow(&orig, &x, 5, 0, 0), Ok(x));
+    assert_eq!(ct.insert_flow(&orig, &x, 5, 0, 0, 0), Ok(x));
     assert_eq!(ct.len(), 2);
     let h = ct.lookup(&orig).expect("orig");
     assert_eq!(h.entry.xlate, x);
@@ -39,13 +39,13 @@ fn first_binding_wins_and_reply_collisions_are_refused() {
     let orig = t(C, 40000, VIP, 80, proto::TCP);
     let x1 = t(C, 40000, B1, 8080, proto::TCP);
     let x2 = t(C, 40000, B2, 8080, proto::TCP);
-    ct.insert_flow(&orig, &x1, 0, 0, 0).unwrap();
-    assert_eq!(ct.insert_flow(&orig, &x2, 0, 0, 0), Ok(x1));
+    ct.insert_flow(&orig, &x1, 0, 0, 0, 0).unwrap();
+    assert_eq!(ct.insert_flow(&orig, &x2, 0, 0, 0, 0), Ok(x1));
     assert_eq!(ct.len(), 2, "the loser's reply entry is removed");
     // Another client flow whose translation would produce the same reply tuple.
     let other = t(C, 40000, VIP + 1, 80, proto::TCP);
     assert_eq!(
-        ct.insert_flow(&other, &x1, 0, 0, 0),
+        ct.insert_flow(&other, &x1, 0, 0, 0, 0),
         Err(InsertError::ReplyCollision)
     );
     assert_eq!(ct.len(), 2);
@@ -56,7 +56,7 @@ fn touch_updates_flags_and_time() {
     let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     let orig = t(C, 1, VIP, 80, proto::TCP);
     let x = t(C, 1, B1, 8080, proto::TCP);
-    ct.insert_flow(&orig, &x, 10, 0, 0).unwrap();
+    ct.insert_flow(&orig, &x, 10, 0, 0, 0).unwrap();
     let h = ct.lookup(&orig).unwrap();
     ct.touch(&h, 12, flags::FIN);
     let h2 = ct.lookup(&orig).unwrap();
@@ -66,7 +66,7 @@ fn touch_updates_flags_and_time() {
     // A stale hit (slot rewritten since) must not modify the new occupant.
     ct.remove(&orig);
     let y = t(C, 2, VIP, 80, proto::TCP);
-    ct.insert_flow(&y, &t(C, 2, B1, 8080, proto::TCP), 20, 0, 0)
+    ct.insert_flow(&y, &t(C, 2, B1, 8080, proto::TCP), 20, 0, 0, 0)
         .unwrap();
     ct.touch(&h, 30, flags::RST);
     if let Some(hy) = ct.lookup(&y) {
@@ -81,7 +81,7 @@ fn timeouts_follow_state() {
     let mk = |sport: u16, pr: u8| {
         let o = t(C, sport, VIP, 80, pr);
         let x = t(C, sport, B1, 8080, pr);
-        ct.insert_flow(&o, &x, tick(0), 0, 0).unwrap();
+        ct.insert_flow(&o, &x, tick(0), 0, 0, 0).unwrap();
         (o, x)
     };
     let (udp1, _) = mk(1, proto::UDP);
@@ -118,7 +118,7 @@ fn traffic_in_either_direction_keeps_a_flow() {
     let ct = Conntrack::new(1024, Timeouts::default()).unwrap();
     let o = t(C, 9, VIP, 53, proto::UDP);
     let x = t(C, 9, B1, 53, proto::UDP);
-    ct.insert_flow(&o, &x, tick(0), 0, 0).unwrap();
+    ct.insert_flow(&o, &x, tick(0), 0, 0, 0).unwrap();
     // Only the reply direction keeps getting packets.
     for s in (0..300).step_by(10) {
         ct.touch(&ct.lookup(&x.reverse()).unwrap(), tick(s), 0);
@@ -133,7 +133,7 @@ fn capacity_is_bounded_and_eviction_keeps_pairs() {
     for i in 0..5000u32 {
         let o = t(C + i, 1000, VIP, 80, proto::TCP);
         let x = t(C + i, 1000, B1, 8080, proto::TCP);
-        ct.insert_flow(&o, &x, tick(i), 0, 0).unwrap();
+        ct.insert_flow(&o, &x, tick(i), 0, 0, 0).unwrap();
     }
     assert!(ct.len() <= ct.capacity());
     assert!(ct.evictions() > 0);
@@ -158,7 +158,7 @@ fn concurrent_inserts_and_lookups() {
                     let src = 0x0a00_0000 + w * 100_000 + i;
                     let o = t(src, 5, VIP, 80, proto::TCP);
                     let x = t(src, 5, B1 + (i % 7), 8080, proto::TCP);
-                    assert_eq!(ct.insert_flow(&o, &x, 0, 0, 0), Ok(x));
+                    assert_eq!(ct.insert_flow(&o, &x, 0, 0, 0, 0), Ok(x));
                     assert_eq!(ct.lookup(&o).map(|h| h.entry.xlate), Some(x));
                 }
             })
@@ -182,7 +182,7 @@ fn racing_first_packets_agree_on_one_binding() {
                     let o = t(C, i as u16, VIP, 80, proto::UDP);
                     // Each worker would pick a different backend; all must end up with one.
                     let x = t(C, i as u16, B1 + w, 8080, proto::UDP);
-                    seen.push(ct.insert_flow(&o, &x, 0, 0, 0).unwrap());
+                    seen.push(ct.insert_flow(&o, &x, 0, 0, 0, 0).unwrap());
                 }
                 seen
             })

@@ -20,7 +20,8 @@ pub const MAX_BACKENDS: usize = u16::MAX as usize;
 /// A built Maglev lookup table: indexes into the service's backend list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Maglev {
-    table: Box<[u16]>,
+    /// Shared: ports of one service with the same backends share one table.
+    table: std::sync::Arc<[u16]>,
 }
 
 /// Primes just below powers of two, from 2^7 to 2^23 (the last covers 65,535 backends x 100).
@@ -50,31 +51,38 @@ impl Maglev {
         let n = backends.len().min(MAX_BACKENDS);
         if n == 0 {
             return Self {
-                table: Box::new([]),
+                table: std::sync::Arc::new([]),
             };
         }
         let m = table_size(n);
         // Fill in address order, whatever the input order, so every node builds the same table.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| backends[i]);
-        let mut offset = Vec::with_capacity(n);
+        // Each backend walks its permutation offset, offset + skip, ... (mod m); `pos` is where
+        // it stands, advanced by one addition and a conditional subtraction (no division).
+        let mut pos = Vec::with_capacity(n);
         let mut skip = Vec::with_capacity(n);
         for b in order.iter().map(|&i| &backends[i]) {
-            offset.push((backend_hash(b, 0x6d61_676c_6576_3031) % m as u64) as usize);
+            pos.push((backend_hash(b, 0x6d61_676c_6576_3031) % m as u64) as usize);
             skip.push((backend_hash(b, 0x736b_6970_7365_6564) % (m as u64 - 1)) as usize + 1);
         }
-        let mut next = vec![0usize; n];
         let mut table = vec![u16::MAX; m];
         let mut filled = 0;
         'fill: loop {
             for i in 0..n {
-                let mut c = (offset[i] + next[i] * skip[i]) % m;
+                let mut c = pos[i];
                 while table[c] != u16::MAX {
-                    next[i] += 1;
-                    c = (offset[i] + next[i] * skip[i]) % m;
+                    c += skip[i];
+                    if c >= m {
+                        c -= m;
+                    }
                 }
                 table[c] = order[i] as u16;
-                next[i] += 1;
+                c += skip[i];
+                if c >= m {
+                    c -= m;
+                }
+                pos[i] = c;
                 filled += 1;
                 if filled == m {
                     break 'fill;
@@ -82,7 +90,7 @@ impl Maglev {
             }
         }
         Self {
-            table: table.into_boxed_slice(),
+            table: table.into(),
         }
     }
 

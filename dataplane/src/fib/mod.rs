@@ -634,6 +634,8 @@ impl FibBuilder {
     }
 
     fn build_lbs(node: &NodeFacts, spec: &ServiceSpec) -> Vec<Arc<Lb>> {
+        // Ports of one service usually share their backend set: build each Maglev table once.
+        let mut built: Vec<(Vec<SocketAddrV4>, Maglev, Maglev)> = Vec::new();
         spec.ports
             .iter()
             .map(|p| {
@@ -646,8 +648,16 @@ impl FibBuilder {
                     .filter(|(_, b)| node.pod_cidr.contains(*b.ip()) || *b.ip() == node.underlay_ip)
                     .map(|(i, _)| i as u16)
                     .collect();
-                let local_addrs: Vec<SocketAddrV4> =
-                    local.iter().map(|&i| backends[i as usize]).collect();
+                let (all, local_table) = match built.iter().find(|(b, _, _)| *b == backends) {
+                    Some((_, a, l)) => (a.clone(), l.clone()),
+                    None => {
+                        let local_addrs: Vec<SocketAddrV4> =
+                            local.iter().map(|&i| backends[i as usize]).collect();
+                        let t = (Maglev::new(&backends), Maglev::new(&local_addrs));
+                        built.push((backends.clone(), t.0.clone(), t.1.clone()));
+                        t
+                    }
+                };
                 let proto_name = match p.protocol {
                     Protocol::Tcp => "tcp",
                     Protocol::Udp => "udp",
@@ -656,8 +666,8 @@ impl FibBuilder {
                     name: format!("{}:{}/{}", spec.name, p.port, proto_name),
                     proto: p.protocol.number(),
                     port: p.port,
-                    all: Maglev::new(&backends),
-                    local_table: Maglev::new(&local_addrs),
+                    all,
+                    local_table,
                     local: local.into_boxed_slice(),
                     backends: backends.into_boxed_slice(),
                     affinity_timeout: spec.affinity_timeout.unwrap_or(0),
@@ -757,6 +767,29 @@ impl FibBuilder {
         &self.warnings
     }
 
+    /// Builds the Maglev tables of `todo` on all cores (a full build is thousands of tables).
+    fn build_missing(node: &NodeFacts, mut todo: Vec<&mut SvcEntry>) {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        if todo.len() < 64 || threads == 1 {
+            for e in todo {
+                e.built = Self::build_lbs(node, &e.spec);
+            }
+            return;
+        }
+        let per = todo.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            for chunk in todo.chunks_mut(per) {
+                s.spawn(move || {
+                    for e in chunk.iter_mut() {
+                        e.built = Self::build_lbs(node, &e.spec);
+                    }
+                });
+            }
+        });
+    }
+
     fn build_index(
         node: &NodeFacts,
         services: &mut BTreeMap<String, SvcEntry>,
@@ -766,10 +799,14 @@ impl FibBuilder {
         let mut warnings = Vec::new();
         let mut owner: IntMap<u64, String> = IntMap::default();
         let mut np_owner: IntMap<u32, String> = IntMap::default();
+        Self::build_missing(
+            node,
+            services
+                .values_mut()
+                .filter(|e| e.built.is_empty())
+                .collect(),
+        );
         for e in services.values_mut() {
-            if e.built.is_empty() {
-                e.built = Self::build_lbs(node, &e.spec);
-            }
             e.offset = lbs.len();
             for (k, p) in e.spec.ports.iter().enumerate() {
                 let li = (e.offset + k) as u32;
