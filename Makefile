@@ -18,6 +18,7 @@ lint:
 
 test: deps lint
 	$(CARGO) test --workspace --release
+	bash scripts/fuzz.sh 10
 
 bench: deps
 	$(CARGO) bench -p xdpnet-bench
