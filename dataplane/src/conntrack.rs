@@ -167,6 +167,14 @@ const B_OVERFLOW: usize = 5;
 /// Words per slot (half a cache line): meta, key addresses, ports, translated addresses.
 const SWORDS: usize = 4;
 
+/// Never used: the fallback of slice-to-array conversions that cannot fail.
+static EMPTY_WORDS: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
 /// How many buckets after its home an entry may be stored in.
 const NEIGHBOURS: usize = 3;
 
@@ -303,13 +311,15 @@ impl Conntrack {
     }
 
     #[inline(always)]
-    fn tags(&self, b: usize) -> &[AtomicU64] {
-        &self.buckets[b * BWORDS..b * BWORDS + 4]
+    fn tags(&self, b: usize) -> &[AtomicU64; 4] {
+        let t: &[AtomicU64] = &self.buckets[b * BWORDS..b * BWORDS + 4];
+        t.try_into().unwrap_or(&EMPTY_WORDS)
     }
 
     #[inline(always)]
-    fn slot(&self, i: usize) -> &[AtomicU64] {
-        &self.slots[i * SWORDS..i * SWORDS + SWORDS]
+    fn slot(&self, i: usize) -> &[AtomicU64; SWORDS] {
+        let s: &[AtomicU64] = &self.slots[i * SWORDS..i * SWORDS + SWORDS];
+        s.try_into().unwrap_or(&EMPTY_WORDS)
     }
 
     #[inline(always)]
@@ -362,6 +372,22 @@ impl Conntrack {
         let tag = tag_of(hash);
         for (w, word) in self.tags(b).iter().enumerate() {
             let m = lanes_matching(word.load(Ordering::Relaxed), tag);
+            if m != 0 {
+                let lane = m.trailing_zeros() as usize / 16;
+                crate::sys::prefetch(&self.slots[(b * SLOTS + w * 4 + lane) * SWORDS]);
+                return;
+            }
+        }
+    }
+
+    /// Prefetches the first free slot of the home bucket of `hash` (where an insert of that
+    /// key will write), once the bucket header is in cache.
+    #[inline]
+    pub fn prefetch_free_slot(&self, hash: u64) {
+        let b = (hash & self.mask) as usize;
+        for (w, word) in self.tags(b).iter().enumerate() {
+            // A free lane has tag 0: reuse the SWAR match with tag 0.
+            let m = lanes_matching(word.load(Ordering::Relaxed), 0);
             if m != 0 {
                 let lane = m.trailing_zeros() as usize / 16;
                 crate::sys::prefetch(&self.slots[(b * SLOTS + w * 4 + lane) * SWORDS]);
@@ -574,12 +600,12 @@ impl Conntrack {
     fn insert_one(
         &self,
         key: &Tuple,
+        h: u64,
         xlate: &Tuple,
         fl: u8,
         now: u16,
         mac: u16,
     ) -> (Entry, bool, Option<Tuple>) {
-        let h = self.hash(key);
         let home = (h & self.mask) as usize;
         let tag = tag_of(h);
         let new_entry = Entry {
@@ -697,16 +723,47 @@ impl Conntrack {
         extra: u8,
         orig_flags: u8,
     ) -> Result<Tuple, InsertError> {
+        self.insert_flow_hashed(
+            orig,
+            self.hash(orig),
+            xlate,
+            now,
+            mac_idx,
+            extra,
+            orig_flags,
+        )
+    }
+
+    /// [`Conntrack::insert_flow`] with the original tuple's hash already computed.
+    #[allow(clippy::too_many_arguments)] // the flow and its binding
+    pub fn insert_flow_hashed(
+        &self,
+        orig: &Tuple,
+        orig_hash: u64,
+        xlate: &Tuple,
+        now: u16,
+        mac_idx: u16,
+        extra: u8,
+        orig_flags: u8,
+    ) -> Result<Tuple, InsertError> {
         let rkey = xlate.reverse();
         let rval = orig.reverse();
-        let (r, r_new, ev1) = self.insert_one(&rkey, &rval, flags::REPLY | extra, now, mac_idx);
+        let (r, r_new, ev1) = self.insert_one(
+            &rkey,
+            self.hash(&rkey),
+            &rval,
+            flags::REPLY | extra,
+            now,
+            mac_idx,
+        );
         if let Some(p) = ev1 {
             self.remove(&p);
         }
         if !r_new && r.xlate != rval {
             return Err(InsertError::ReplyCollision);
         }
-        let (o, o_new, ev2) = self.insert_one(orig, xlate, extra | orig_flags, now, mac_idx);
+        let (o, o_new, ev2) =
+            self.insert_one(orig, orig_hash, xlate, extra | orig_flags, now, mac_idx);
         if let Some(p) = ev2 {
             self.remove(&p);
         }
@@ -775,13 +832,13 @@ impl Conntrack {
             dport: backend.1,
             proto: proto | 0x80,
         };
-        let (e, new, ev) = self.insert_one(&key, &val, flags::AFFINITY, now, 0);
+        let (e, new, ev) = self.insert_one(&key, self.hash(&key), &val, flags::AFFINITY, now, 0);
         if let Some(p) = ev {
             self.remove(&p);
         }
         if !new && e.xlate != val {
             self.remove(&key);
-            let (_, _, ev) = self.insert_one(&key, &val, flags::AFFINITY, now, 0);
+            let (_, _, ev) = self.insert_one(&key, self.hash(&key), &val, flags::AFFINITY, now, 0);
             if let Some(p) = ev {
                 self.remove(&p);
             }

@@ -27,7 +27,9 @@ pub fn mix64(mut x: u64) -> u64 {
 pub fn flow_hash(seed: u64, src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> u64 {
     let a = ((src as u64) << 32) | dst as u64;
     let b = ((sport as u64) << 48) | ((dport as u64) << 32) | ((proto as u64) << 24);
-    mix64(a ^ mix64(b ^ seed.wrapping_add(K1)))
+    // The multiply spreads the addresses over all bits before the ports are mixed in; the
+    // finaliser then makes every input bit reach the low (bucket) and high (tag) bits.
+    mix64(a.wrapping_mul(K1) ^ b ^ seed)
 }
 
 /// Hasher for integer keys: one multiply and a fold (Fx-like), good high and low bits.

@@ -78,9 +78,14 @@ struct Meta {
     ports: bool,
     later_fragment: bool,
     decapped: bool,
+    /// Stage two looked the service up: `svc` holds the result (`NO_SVC` = none).
+    svc_known: bool,
+    svc: u32,
     tuple: Tuple,
     hash: u64,
 }
+
+const NO_SVC: u32 = u32::MAX;
 
 const L3: usize = ethernet::HEADER_LEN;
 
@@ -170,10 +175,29 @@ impl Pipeline {
                 }
             }
         }
-        // Stage two: the bucket headers are (on their way) in cache; prefetch the slots.
+        // Stage two: the bucket headers are (on their way) in cache; prefetch the slots. A
+        // packet that may open a flow (TCP SYN, UDP) to a service also gets its Maglev entry
+        // and the slot its conntrack entry would go to prefetched.
         for i in 0..pkts.len() {
-            if self.pending[i] && self.meta[i].ports {
-                ct.prefetch_slot(self.meta[i].hash);
+            let m = &mut self.meta[i];
+            if self.pending[i] && m.ports {
+                ct.prefetch_slot(m.hash);
+                let opener =
+                    m.proto == proto::UDP || m.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+                if opener {
+                    let t = m.tuple;
+                    let r = fib.service_ref(t.dst, t.dport, t.proto);
+                    m.svc_known = true;
+                    m.svc = r.unwrap_or(NO_SVC);
+                    if let Some(svc) = r.and_then(|r| fib.svc_hit(r)) {
+                        let raw_uplink = kind == PortKind::Uplink && !m.decapped;
+                        svc.lb.prefetch_pick(
+                            flow_hash(0, t.src, t.dst, t.sport, t.dport, t.proto),
+                            svc.external && raw_uplink,
+                        );
+                        ct.prefetch_free_slot(m.hash);
+                    }
+                }
             }
         }
         // Stage three: lookups; established flows and plain routing finish here. A new service
@@ -191,7 +215,13 @@ impl Pipeline {
                 }
             }
         }
-        // Stage four: record the new flows, translate and route them.
+        // Stage four: the reply tuples' bucket headers are in cache: prefetch their free slots.
+        for i in 0..pkts.len() {
+            if self.pending[i] {
+                ct.prefetch_free_slot(ct.hash(&self.new[i].xlate.reverse()));
+            }
+        }
+        // Stage five: record the new flows, translate and route them.
         for (i, p) in pkts.iter_mut().enumerate() {
             if self.pending[i] {
                 let (m, nf) = (self.meta[i], self.new[i]);
@@ -275,11 +305,8 @@ impl Pipeline {
                     }
                 }
             }
-            PortKind::Pod(pod_ip) => {
-                let Some(ep) = fib.endpoint(pod_ip.into()) else {
-                    return Err(Verdict::Drop(UnknownPort));
-                };
-                if src_mac != ep.mac {
+            PortKind::Pod { ip: pod_ip, mac } => {
+                if src_mac != mac {
                     return Err(Verdict::Drop(Spoofed));
                 }
                 if et == ethernet::ethertype::ARP {
@@ -301,7 +328,7 @@ impl Pipeline {
         if !decapped && kind != PortKind::Uplink && !ip.verify_checksum() {
             return Err(Verdict::Drop(Ipv4Checksum));
         }
-        if let PortKind::Pod(pod_ip) = kind {
+        if let PortKind::Pod { ip: pod_ip, .. } = kind {
             if ip.src() != pod_ip {
                 return Err(Verdict::Drop(Spoofed));
             }
@@ -445,7 +472,12 @@ impl Pipeline {
                     m.hash,
                 ));
             }
-            if let Some(svc) = fib.service(t.dst, t.dport, t.proto) {
+            let svc = if m.svc_known {
+                fib.svc_hit(m.svc)
+            } else {
+                fib.service(t.dst, t.dport, t.proto)
+            };
+            if let Some(svc) = svc {
                 return self.prepare_new_flow(fib, ct, now, raw_uplink, p, m, svc);
             }
         } else if m.later_fragment && fib.is_vip(t.dst) {
@@ -570,7 +602,9 @@ impl Pipeline {
             if nf.masq {
                 xlate.sport = snat_port(m.hash, k);
             }
-            if let Ok(x) = ct.insert_flow(&t, &xlate, now, nf.mac_idx, nf.extra, orig_flags) {
+            if let Ok(x) =
+                ct.insert_flow_hashed(&t, m.hash, &xlate, now, nf.mac_idx, nf.extra, orig_flags)
+            {
                 bound = Some(x);
                 break;
             }
@@ -855,42 +889,44 @@ fn dec_ttl(d: &mut [u8]) -> bool {
 }
 
 /// Rewrites the packet's 5-tuple from `from` to `to`: addresses, ports, and the IPv4 and L4
-/// checksums incrementally (a zero UDP checksum stays zero).
+/// checksums incrementally (RFC 1624: one accumulated difference applied to each checksum; a
+/// zero UDP checksum stays zero).
 #[inline]
 fn rewrite(d: &mut [u8], l4: usize, pr: u8, from: &Tuple, to: &Tuple) {
-    let csum_at = match pr {
-        proto::TCP => Some(l4 + tcp::CHECKSUM_AT),
-        proto::UDP => Some(l4 + 6),
-        _ => None,
+    // Sum of (~old + new) over the changed 16-bit words.
+    let w32 = |o: u32, n: u32| (!o >> 16) + (!o & 0xffff) + (n >> 16) + (n & 0xffff);
+    let addr_diff = w32(from.src, to.src) + w32(from.dst, to.dst);
+    let port_diff = (!(from.sport as u32) & 0xffff)
+        + to.sport as u32
+        + (!(from.dport as u32) & 0xffff)
+        + to.dport as u32;
+    let apply = |c: u16, diff: u32| -> u16 {
+        let acc = (!c) as u32 + diff;
+        !checksum::fold(acc as u64)
     };
-    if let Some(at) = csum_at {
-        let mut c = u16::from_be_bytes([d[at], d[at + 1]]);
+    let csum_at = match pr {
+        proto::TCP => l4 + tcp::CHECKSUM_AT,
+        proto::UDP => l4 + 6,
+        _ => usize::MAX,
+    };
+    if let Some(cb) = d.get_mut(csum_at..csum_at + 2) {
+        let c = u16::from_be_bytes([cb[0], cb[1]]);
         if !(pr == proto::UDP && c == 0) {
-            if from.src != to.src {
-                c = checksum::update32(c, from.src, to.src);
+            let mut n = apply(c, addr_diff + port_diff);
+            if pr == proto::UDP && n == 0 {
+                n = 0xffff;
             }
-            if from.dst != to.dst {
-                c = checksum::update32(c, from.dst, to.dst);
-            }
-            if from.sport != to.sport {
-                c = checksum::update16(c, from.sport, to.sport);
-            }
-            if from.dport != to.dport {
-                c = checksum::update16(c, from.dport, to.dport);
-            }
-            if pr == proto::UDP && c == 0 {
-                c = 0xffff;
-            }
-            d[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            cb.copy_from_slice(&n.to_be_bytes());
         }
-        d[l4..l4 + 2].copy_from_slice(&to.sport.to_be_bytes());
-        d[l4 + 2..l4 + 4].copy_from_slice(&to.dport.to_be_bytes());
+        if let Some(pb) = d.get_mut(l4..l4 + 4) {
+            pb[0..2].copy_from_slice(&to.sport.to_be_bytes());
+            pb[2..4].copy_from_slice(&to.dport.to_be_bytes());
+        }
     }
-    let mut ip = Ipv4Packet::new_unchecked(&mut d[L3..]);
-    if from.src != to.src {
-        ip.set_src_u32(to.src);
-    }
-    if from.dst != to.dst {
-        ip.set_dst_u32(to.dst);
+    if let Some(h) = d.get_mut(L3..L3 + 20) {
+        let c = u16::from_be_bytes([h[10], h[11]]);
+        h[10..12].copy_from_slice(&apply(c, addr_diff).to_be_bytes());
+        h[12..16].copy_from_slice(&to.src.to_be_bytes());
+        h[16..20].copy_from_slice(&to.dst.to_be_bytes());
     }
 }

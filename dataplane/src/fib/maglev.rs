@@ -104,6 +104,15 @@ impl Maglev {
         self.table.is_empty()
     }
 
+    /// Prefetches the table entry `pick(hash)` will read.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let m = self.table.len() as u64;
+        if let Some(e) = self.table.get((((hash >> 32) * m) >> 32) as usize) {
+            crate::sys::prefetch(e);
+        }
+    }
+
     /// The backend index for a flow hash, or `None` when there are no backends.
     #[inline]
     pub fn pick(&self, hash: u64) -> Option<usize> {

@@ -93,8 +93,13 @@ pub enum PortKind {
     Uplink,
     /// The host port into the node's kernel.
     Host,
-    /// A pod's veth; the pod's IP (for anti-spoofing).
-    Pod(Ipv4Addr),
+    /// A pod's veth; the pod's IP and MAC (anti-spoofing checks frames against them).
+    Pod {
+        /// The pod's IP.
+        ip: Ipv4Addr,
+        /// The pod's MAC.
+        mac: MacAddr,
+    },
     /// Not in use.
     Unused,
 }
@@ -253,6 +258,20 @@ impl Lb {
         }
     }
 
+    /// Prefetches what [`Lb::pick`] will read for this hash.
+    #[inline]
+    pub fn prefetch_pick(&self, hash: u64, external: bool) {
+        if (if external {
+            self.external_local
+        } else {
+            self.internal_local
+        }) {
+            self.local_table.prefetch(hash);
+        } else {
+            self.all.prefetch(hash);
+        }
+    }
+
     /// True when `b` is one of this port's backends.
     pub fn has_backend(&self, b: SocketAddrV4) -> bool {
         self.backends.binary_search(&b).is_ok()
@@ -299,12 +318,109 @@ impl Lpm {
     }
 }
 
+/// This node's pods by IP: a dense array over the pod CIDR (one load, no hashing) when the CIDR
+/// is /16 or longer, a hash map otherwise.
+#[derive(Debug, Default)]
+pub struct LocalTable {
+    eps: Vec<Endpoint>,
+    base: u32,
+    /// `index + 1` into `eps` per address offset in the CIDR; 0 = none.
+    dense: Box<[u32]>,
+    sparse: IntMap<u32, u32>,
+}
+
+impl LocalTable {
+    fn new(cidr: Ipv4Net, eps: Vec<Endpoint>) -> Self {
+        let mut t = LocalTable {
+            base: cidr.addr_u32(),
+            ..Default::default()
+        };
+        if cidr.prefix_len() >= 16 {
+            let mut dense = vec![0u32; 1usize << (32 - cidr.prefix_len())];
+            for (i, e) in eps.iter().enumerate() {
+                if let Some(slot) = dense.get_mut(u32::from(e.ip).wrapping_sub(t.base) as usize) {
+                    *slot = i as u32 + 1;
+                }
+            }
+            t.dense = dense.into_boxed_slice();
+        } else {
+            t.sparse = eps
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (u32::from(e.ip), i as u32 + 1))
+                .collect();
+        }
+        t.eps = eps;
+        t
+    }
+
+    /// The pod with address `ip`.
+    #[inline]
+    pub fn get(&self, ip: u32) -> Option<&Endpoint> {
+        let i = if self.dense.is_empty() {
+            *self.sparse.get(&ip)?
+        } else {
+            *self.dense.get(ip.wrapping_sub(self.base) as usize)?
+        };
+        self.eps.get((i as usize).checked_sub(1)?)
+    }
+}
+
+/// Remote pod routes as a dense array over the cluster CIDR at the pod CIDRs' common prefix
+/// length (one load per lookup), used when every remote pod CIDR has that length and lies in
+/// the cluster CIDR and the array stays under a million entries; else `Lpm`.
+#[derive(Debug, Default)]
+struct DenseRoutes {
+    base: u32,
+    cluster_mask: u32,
+    shift: u32,
+    /// `node index + 1` per block; 0 = none.
+    blocks: Box<[u32]>,
+}
+
+impl DenseRoutes {
+    fn build(cluster: Ipv4Net, routes: &[(Ipv4Net, u32)]) -> Option<Self> {
+        let len = routes.first()?.0.prefix_len();
+        if len < cluster.prefix_len() || len - cluster.prefix_len() > 20 {
+            return None;
+        }
+        if routes
+            .iter()
+            .any(|(n, _)| n.prefix_len() != len || !cluster.contains_u32(n.addr_u32()))
+        {
+            return None;
+        }
+        let shift = 32 - len as u32;
+        let mut blocks = vec![0u32; 1usize << (len - cluster.prefix_len())];
+        for (n, v) in routes {
+            let i = ((n.addr_u32() - cluster.addr_u32()) >> shift) as usize;
+            blocks[i] = v + 1;
+        }
+        Some(Self {
+            base: cluster.addr_u32(),
+            cluster_mask: cluster.mask(),
+            shift,
+            blocks: blocks.into_boxed_slice(),
+        })
+    }
+
+    #[inline]
+    fn lookup(&self, ip: u32) -> Option<Option<u32>> {
+        if ip & self.cluster_mask != self.base {
+            return Some(None);
+        }
+        let v = *self.blocks.get(((ip - self.base) >> self.shift) as usize)?;
+        Some(v.checked_sub(1))
+    }
+}
+
 /// Remote nodes and the routes to their pods.
 #[derive(Debug, Default)]
 pub struct Remotes {
     nodes: Vec<RemoteNode>,
     by_ip: IntMap<u32, u32>,
     routes: Lpm,
+    dense: Option<DenseRoutes>,
 }
 
 /// Service frontends.
@@ -329,7 +445,7 @@ pub struct Fib {
     generation: u64,
     node: Arc<NodeFacts>,
     ports: Arc<[PortKind]>,
-    endpoints: Arc<IntMap<u32, Endpoint>>,
+    endpoints: Arc<LocalTable>,
     remotes: Arc<Remotes>,
     lbs: Arc<Vec<Arc<Lb>>>,
     index: Arc<SvcIndex>,
@@ -356,16 +472,19 @@ impl Fib {
     /// A local pod by IP.
     #[inline]
     pub fn endpoint(&self, ip: u32) -> Option<&Endpoint> {
-        self.endpoints.get(&ip)
+        self.endpoints.get(ip)
     }
     /// All local pods.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.endpoints.values()
+        self.endpoints.eps.iter()
     }
     /// The remote node whose pod CIDR holds `ip`.
     #[inline]
     pub fn route(&self, ip: u32) -> Option<&RemoteNode> {
-        let i = self.remotes.routes.lookup(ip)?;
+        let i = match self.remotes.dense.as_ref().and_then(|d| d.lookup(ip)) {
+            Some(hit) => hit?,
+            None => self.remotes.routes.lookup(ip)?,
+        };
         self.remotes.nodes.get(i as usize)
     }
     /// A remote node by underlay address (VXLAN sources must be one).
@@ -382,22 +501,33 @@ impl Fib {
     /// NodePort when `ip` is this node's underlay address.
     #[inline]
     pub fn service(&self, ip: u32, port: u16, proto: u8) -> Option<SvcHit<'_>> {
+        self.svc_hit(self.service_ref(ip, port, proto)?)
+    }
+
+    /// [`Fib::service`] as a small copyable handle into this snapshot: `index << 1 | external`.
+    #[inline]
+    pub fn service_ref(&self, ip: u32, port: u16, proto: u8) -> Option<u32> {
         if let Some(&v) = self.index.by_addr.get(&svc_key(ip, port, proto)) {
-            let lb = self.lbs.get((v >> 1) as usize)?;
-            return Some(SvcHit {
-                lb,
-                external: v & 1 == 1,
-            });
+            return Some(v);
         }
         if ip == u32::from(self.node.underlay_ip) {
             let v = *self
                 .index
                 .by_node_port
                 .get(&(((port as u32) << 8) | proto as u32))?;
-            let lb = self.lbs.get(v as usize)?;
-            return Some(SvcHit { lb, external: true });
+            return Some((v << 1) | 1);
         }
         None
+    }
+
+    /// The service of a handle from [`Fib::service_ref`] on this snapshot.
+    #[inline]
+    pub fn svc_hit(&self, r: u32) -> Option<SvcHit<'_>> {
+        let lb = self.lbs.get((r >> 1) as usize)?;
+        Some(SvcHit {
+            lb,
+            external: r & 1 == 1,
+        })
     }
     /// True when `ip` is a service address (ClusterIP, LoadBalancer or external IP).
     #[inline]
@@ -505,7 +635,10 @@ impl FibBuilder {
                 if b.ports.len() <= i {
                     b.ports.resize(i + 1, PortKind::Unused);
                 }
-                b.ports[i] = PortKind::Pod(ep.ip);
+                b.ports[i] = PortKind::Pod {
+                    ip: ep.ip,
+                    mac: ep.mac,
+                };
             }
             for s in b.services.values_mut() {
                 s.built.clear();
@@ -534,7 +667,10 @@ impl FibBuilder {
         if self.ports.len() <= i {
             self.ports.resize(i + 1, PortKind::Unused);
         }
-        self.ports[i] = PortKind::Pod(ep.ip);
+        self.ports[i] = PortKind::Pod {
+            ip: ep.ip,
+            mac: ep.mac,
+        };
         self.dirty_endpoints = true;
         self.dirty_ports = true;
         Ok(())
@@ -690,17 +826,16 @@ impl FibBuilder {
         };
         let endpoints = match &last {
             Some(l) if !self.dirty_endpoints => l.endpoints.clone(),
-            _ => Arc::new(
-                self.endpoints
-                    .values()
-                    .map(|e| (u32::from(e.ip), *e))
-                    .collect(),
-            ),
+            _ => Arc::new(LocalTable::new(
+                node.pod_cidr,
+                self.endpoints.values().copied().collect(),
+            )),
         };
         let remotes = match &last {
             Some(l) if !self.dirty_nodes => l.remotes.clone(),
             _ => {
                 let mut r = Remotes::default();
+                let mut all = Vec::new();
                 for spec in self.nodes.values() {
                     if spec.underlay_ip == node.underlay_ip {
                         continue; // ourselves
@@ -710,8 +845,10 @@ impl FibBuilder {
                     r.by_ip.insert(spec.underlay_ip.into(), i);
                     for c in &spec.pod_cidrs {
                         r.routes.insert(*c, i);
+                        all.push((*c, i));
                     }
                 }
+                r.dense = DenseRoutes::build(node.cluster_cidr, &all);
                 Arc::new(r)
             }
         };

@@ -18,7 +18,10 @@ fn lookups() {
     assert_eq!(ep.port, testutil::FIRST_POD_PORT + 2);
     assert_eq!(
         fib.port_kind(ep.port),
-        PortKind::Pod(testutil::pod_ip(0, 2))
+        PortKind::Pod {
+            ip: testutil::pod_ip(0, 2),
+            mac: testutil::pod_mac(0, 2)
+        }
     );
     assert_eq!(fib.port_kind(testutil::UPLINK), PortKind::Uplink);
     assert_eq!(fib.port_kind(testutil::HOST), PortKind::Host);
