@@ -261,11 +261,12 @@ impl Lb {
     /// Prefetches what [`Lb::pick`] will read for this hash.
     #[inline]
     pub fn prefetch_pick(&self, hash: u64, external: bool) {
-        if (if external {
+        let local_only = if external {
             self.external_local
         } else {
             self.internal_local
-        }) {
+        };
+        if local_only {
             self.local_table.prefetch(hash);
         } else {
             self.all.prefetch(hash);
