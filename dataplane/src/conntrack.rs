@@ -266,10 +266,10 @@ pub struct GcStats {
 /// The connection tracking table.
 #[derive(Debug)]
 pub struct Conntrack {
-    /// Bucket headers, [`BWORDS`] words each.
-    buckets: AtomicArray,
-    /// Slots, [`SWORDS`] words each.
-    slots: AtomicArray,
+    /// Bucket headers: tag words 0..4, lock, overflow count.
+    buckets: AtomicArray<BWORDS>,
+    /// Slots: meta, key addresses, ports, translated addresses.
+    slots: AtomicArray<SWORDS>,
     n_buckets: usize,
     mask: u64,
     seed: u64,
@@ -297,8 +297,8 @@ impl Conntrack {
             .div_ceil(SLOTS)
             .next_power_of_two();
         Ok(Self {
-            buckets: AtomicArray::zeroed(buckets * BWORDS)?,
-            slots: AtomicArray::zeroed(buckets * SLOTS * SWORDS)?,
+            buckets: AtomicArray::zeroed(buckets)?,
+            slots: AtomicArray::zeroed(buckets * SLOTS)?,
             n_buckets: buckets,
             mask: buckets as u64 - 1,
             seed: random_seed(),
@@ -311,20 +311,18 @@ impl Conntrack {
     }
 
     #[inline(always)]
-    fn tags(&self, b: usize) -> &[AtomicU64; 4] {
-        let t: &[AtomicU64] = &self.buckets[b * BWORDS..b * BWORDS + 4];
-        t.try_into().unwrap_or(&EMPTY_WORDS)
+    fn tags(&self, b: usize) -> &[AtomicU64] {
+        &self.buckets[b][..4]
     }
 
     #[inline(always)]
     fn slot(&self, i: usize) -> &[AtomicU64; SWORDS] {
-        let s: &[AtomicU64] = &self.slots[i * SWORDS..i * SWORDS + SWORDS];
-        s.try_into().unwrap_or(&EMPTY_WORDS)
+        &self.slots[i]
     }
 
     #[inline(always)]
     fn overflow(&self, b: usize) -> &AtomicU64 {
-        &self.buckets[b * BWORDS + B_OVERFLOW]
+        &self.buckets[b][B_OVERFLOW]
     }
 
     /// Entries in use (two per flow).
@@ -361,7 +359,7 @@ impl Conntrack {
     /// Prefetches the bucket header for `hash` (stage one of a batched lookup).
     #[inline]
     pub fn prefetch_bucket(&self, hash: u64) {
-        crate::sys::prefetch(&self.buckets[(hash & self.mask) as usize * BWORDS]);
+        crate::sys::prefetch(&self.buckets[(hash & self.mask) as usize]);
     }
 
     /// Prefetches the slot whose tag matches `hash` in its home bucket, if any (stage two,
@@ -374,7 +372,7 @@ impl Conntrack {
             let m = lanes_matching(word.load(Ordering::Relaxed), tag);
             if m != 0 {
                 let lane = m.trailing_zeros() as usize / 16;
-                crate::sys::prefetch(&self.slots[(b * SLOTS + w * 4 + lane) * SWORDS]);
+                crate::sys::prefetch(&self.slots[b * SLOTS + w * 4 + lane]);
                 return;
             }
         }
@@ -390,7 +388,7 @@ impl Conntrack {
             let m = lanes_matching(word.load(Ordering::Relaxed), 0);
             if m != 0 {
                 let lane = m.trailing_zeros() as usize / 16;
-                crate::sys::prefetch(&self.slots[(b * SLOTS + w * 4 + lane) * SWORDS]);
+                crate::sys::prefetch(&self.slots[b * SLOTS + w * 4 + lane]);
                 return;
             }
         }
@@ -422,20 +420,30 @@ impl Conntrack {
     /// Looks for `key` in bucket `b` only (lock-free).
     #[inline]
     fn find_in(&self, b: usize, key: &Tuple, tag: u16) -> Option<(usize, u64, [u64; 3])> {
-        let want = pack(key, &Tuple::default());
-        for (w, word) in self.tags(b).iter().enumerate() {
-            let mut m = lanes_matching(word.load(Ordering::Acquire), tag);
+        let t = &self.buckets[b];
+        let ms = [
+            lanes_matching(t[0].load(Ordering::Acquire), tag),
+            lanes_matching(t[1].load(Ordering::Acquire), tag),
+            lanes_matching(t[2].load(Ordering::Acquire), tag),
+            lanes_matching(t[3].load(Ordering::Acquire), tag),
+        ];
+        if ms[0] | ms[1] | ms[2] | ms[3] == 0 {
+            return None;
+        }
+        let k0 = ((key.src as u64) << 32) | key.dst as u64;
+        let k1 = ((key.sport as u64) << 16) | key.dport as u64;
+        for (w, &mask) in ms.iter().enumerate() {
+            let mut m = mask;
             while m != 0 {
-                let lane = m.trailing_zeros() as usize / 16;
+                let l = w * 4 + m.trailing_zeros() as usize / 16;
                 m &= m - 1;
-                let l = w * 4 + lane;
                 let Some((meta, ws)) = self.read_slot(b * SLOTS + l) else {
                     continue;
                 };
-                if m_flags(meta) & flags::USED != 0
+                if ws[0] == k0
+                    && ws[1] >> 32 == k1
                     && m_proto(meta) == key.proto
-                    && ws[0] == want[0]
-                    && ws[1] >> 32 == want[1] >> 32
+                    && m_flags(meta) & flags::USED != 0
                 {
                     return Some((l, meta, ws));
                 }
@@ -501,7 +509,7 @@ impl Conntrack {
     }
 
     fn lock(&self, b: usize) -> BucketLock<'_> {
-        let l = &self.buckets[b * BWORDS + B_LOCK];
+        let l = &self.buckets[b][B_LOCK];
         while l
             .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
@@ -514,7 +522,7 @@ impl Conntrack {
     }
 
     fn try_lock(&self, b: usize) -> Option<BucketLock<'_>> {
-        let l = &self.buckets[b * BWORDS + B_LOCK];
+        let l = &self.buckets[b][B_LOCK];
         l.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| BucketLock(l))

@@ -9,6 +9,10 @@
 //! [`Published::wait_for_readers`] is the grace period: after it returns, no reader still holds
 //! the snapshot that was replaced, so work that must follow "no packet uses the old table any
 //! more" (expiring conntrack entries to removed backends) can run safely.
+//!
+//! Reclamation belongs to the control thread: it keeps the [`Published`] a publish returns,
+//! waits for readers, and drops it, so the last reference to a replaced snapshot (and the cost
+//! of freeing it: tens of thousands of `Arc`s for a large cluster) is never a worker's.
 
 use crate::fib::Fib;
 use arc_swap::ArcSwap;
@@ -33,7 +37,8 @@ pub struct Published {
 
 impl Published {
     /// Waits (sleeping, on the control thread) until no reader holds the old snapshot, or the
-    /// timeout passes. Returns true when the grace period completed.
+    /// timeout passes, then drops it here. Returns true when the grace period completed (a
+    /// reader stuck past the timeout frees the snapshot itself when it lets go).
     pub fn wait_for_readers(self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         // Our `old` is one reference; any other is a reader (or a clone the caller kept).

@@ -6,21 +6,22 @@
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
-/// A fixed-size, zero-initialised array of `AtomicU64` in its own anonymous mapping, advised to
-/// use transparent huge pages. Big lookup tables (conntrack) touched at random take a TLB miss
-/// on nearly every access with 4 KiB pages; with 2 MiB pages the whole table fits the TLB.
+/// A fixed-size, zero-initialised array of `[AtomicU64; W]` records in its own anonymous
+/// mapping, advised to use transparent huge pages. Big lookup tables (conntrack) touched at
+/// random take a TLB miss on nearly every access with 4 KiB pages; with 2 MiB pages the whole
+/// table fits the TLB.
 #[derive(Debug)]
-pub struct AtomicArray {
-    ptr: NonNull<AtomicU64>,
+pub struct AtomicArray<const W: usize> {
+    ptr: NonNull<[AtomicU64; W]>,
     len: usize,
     bytes: usize,
 }
 
 // SAFETY: the array owns its mapping exclusively and only hands out `&[AtomicU64]`; atomics are
 // safe to share and send between threads.
-unsafe impl Send for AtomicArray {}
+unsafe impl<const W: usize> Send for AtomicArray<W> {}
 // SAFETY: as above: shared access is only through atomics.
-unsafe impl Sync for AtomicArray {}
+unsafe impl<const W: usize> Sync for AtomicArray<W> {}
 
 /// Why a table's memory could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +33,11 @@ pub struct MapError {
     pub source: std::io::Error,
 }
 
-impl AtomicArray {
-    /// `len` zeroed atomics (at least one).
+impl<const W: usize> AtomicArray<W> {
+    /// `len` zeroed records (at least one).
     pub fn zeroed(len: usize) -> Result<Self, MapError> {
         let len = len.max(1);
-        let bytes = len.checked_mul(8).ok_or(MapError {
+        let bytes = len.checked_mul(8 * W.max(1)).ok_or(MapError {
             bytes: usize::MAX,
             source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
         })?;
@@ -63,7 +64,7 @@ impl AtomicArray {
             // the kernel backs it; failure (THP disabled) is harmless and ignored.
             unsafe { libc::madvise(p, bytes, libc::MADV_HUGEPAGE) };
         }
-        let ptr = NonNull::new(p.cast::<AtomicU64>()).ok_or(MapError {
+        let ptr = NonNull::new(p.cast::<[AtomicU64; W]>()).ok_or(MapError {
             bytes,
             source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
         })?;
@@ -71,17 +72,18 @@ impl AtomicArray {
     }
 }
 
-impl std::ops::Deref for AtomicArray {
-    type Target = [AtomicU64];
-    fn deref(&self) -> &[AtomicU64] {
-        // SAFETY: `ptr` points to a live mapping of `len * 8` bytes, page aligned (so aligned
-        // for AtomicU64), zero-filled by the kernel (a valid AtomicU64 is any bit pattern) and
-        // only ever accessed through atomics; it lives until `drop`.
+impl<const W: usize> std::ops::Deref for AtomicArray<W> {
+    type Target = [[AtomicU64; W]];
+    #[inline(always)]
+    fn deref(&self) -> &[[AtomicU64; W]] {
+        // SAFETY: `ptr` points to a live mapping of `len * W * 8` bytes, page aligned (so
+        // aligned for AtomicU64), zero-filled by the kernel (a valid AtomicU64 is any bit
+        // pattern) and only ever accessed through atomics; it lives until `drop`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl Drop for AtomicArray {
+impl<const W: usize> Drop for AtomicArray<W> {
     fn drop(&mut self) {
         // SAFETY: the mapping was created by `zeroed` with exactly this address and length and
         // no reference into it outlives `self`.

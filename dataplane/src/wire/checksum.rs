@@ -85,7 +85,15 @@ mod tests {
 
     #[test]
     fn fold_handles_every_carry() {
-        for acc in [0u64, 0xffff, 0x1_0000, 0x1_fffe, 0xffff_ffff, u64::MAX, 0xffff_0001_ffff_ffff] {
+        for acc in [
+            0u64,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0xffff_ffff,
+            u64::MAX,
+            0xffff_0001_ffff_ffff,
+        ] {
             let mut slow = acc;
             while slow >> 16 != 0 {
                 slow = (slow & 0xffff) + (slow >> 16);

@@ -120,7 +120,10 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     #[inline]
     pub fn verify_checksum(&self) -> bool {
         let b = self.buf.as_ref();
-        if let Some(h) = b.get(..MIN_HEADER_LEN).filter(|_| self.header_len() == MIN_HEADER_LEN) {
+        if let Some(h) = b
+            .get(..MIN_HEADER_LEN)
+            .filter(|_| self.header_len() == MIN_HEADER_LEN)
+        {
             // The common 20-byte header: five 32-bit words.
             let s: u64 = (0..5).map(|i| rd32(h, i * 4) as u64).sum();
             return checksum::fold(s) == 0xffff;
