@@ -167,14 +167,6 @@ const B_OVERFLOW: usize = 5;
 /// Words per slot (half a cache line): meta, key addresses, ports, translated addresses.
 const SWORDS: usize = 4;
 
-/// Never used: the fallback of slice-to-array conversions that cannot fail.
-static EMPTY_WORDS: [AtomicU64; 4] = [
-    AtomicU64::new(0),
-    AtomicU64::new(0),
-    AtomicU64::new(0),
-    AtomicU64::new(0),
-];
-
 /// How many buckets after its home an entry may be stored in.
 const NEIGHBOURS: usize = 3;
 
