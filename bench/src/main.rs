@@ -17,7 +17,8 @@ const USAGE: &str = "usage: xdpnet-bench pipeline [--small] [--seconds S]
              print Mpps and ns/packet per scenario
     --small      a small cluster (100 services, 10 nodes, 10,000 flows) instead of the
                  benchmark size (10,000 services x 10 endpoints, 1,000 nodes, 1,000,000 flows)
-    --seconds S  time per scenario (default 1)
+    --seconds S  time per scenario, over all rounds (default 1)
+    --rounds N   interleaved measurement rounds (default 5)
     --only NAME  run only this scenario (and the copy baseline)";
 
 fn main() -> Result<()> {
@@ -36,10 +37,20 @@ fn pipeline(args: &[String]) -> Result<()> {
     let mut size = Size::FULL;
     let mut secs = 1.0f64;
     let mut only: Option<String> = None;
+    let mut rounds = 5usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--small" => size = Size::SMALL,
+            "--rounds" => {
+                let v = it.next().context("--rounds needs a value")?;
+                rounds = v
+                    .parse()
+                    .with_context(|| format!("--rounds {v:?} is not a number"))?;
+                if !(1..=1000).contains(&rounds) {
+                    bail!("--rounds must be between 1 and 1000");
+                }
+            }
             "--only" => only = Some(it.next().context("--only needs a scenario name")?.clone()),
             "--seconds" => {
                 let v = it.next().context("--seconds needs a value")?;
@@ -66,46 +77,70 @@ fn pipeline(args: &[String]) -> Result<()> {
         b.fill_time.as_secs_f64(),
         b.conntrack_entries()
     );
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|sc| *sc == Scenario::CopyOnly || only.as_deref().is_none_or(|o| o == sc.name()))
+        .collect();
+    // Calibrate each scenario to about `secs / rounds` per round, then run the rounds
+    // interleaved: every round measures the copy baseline and each scenario back to back, so
+    // the net figure (scenario minus baseline of the same round) is robust to machine drift.
+    let counts: Vec<u64> = scenarios
+        .iter()
+        .map(|&sc| {
+            let (el, _) = b.run(sc, 100_000);
+            let per = el.as_secs_f64() / 100_000.0;
+            ((secs / rounds as f64 / per.max(1e-9)) as u64).clamp(50_000, 500_000_000)
+        })
+        .collect();
+    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    let mut net: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    let mut delivered = vec![(0u64, 0u64); scenarios.len()];
+    for _ in 0..rounds {
+        let mut copy = 0.0;
+        for (k, &sc) in scenarios.iter().enumerate() {
+            let (el, tx) = b.run(sc, counts[k]);
+            let v = el.as_secs_f64() * 1e9 / counts[k] as f64;
+            if sc == Scenario::CopyOnly {
+                copy = v;
+            }
+            ns[k].push(v);
+            net[k].push(if sc == Scenario::CopyOnly {
+                v
+            } else {
+                v - copy
+            });
+            delivered[k].0 += tx;
+            delivered[k].1 += counts[k];
+        }
+    }
     println!(
-        "{:<28} {:>10} {:>12} {:>12} {:>10}",
-        "scenario", "Mpps", "ns/packet", "net ns/pkt", "delivered"
+        "{:<28} {:>10} {:>12} {:>12} {:>12} {:>10}",
+        "scenario", "Mpps", "ns/packet", "(best)", "net ns/pkt", "delivered"
     );
-    let mut copy_ns = 0.0;
-    for sc in Scenario::ALL {
-        if only
-            .as_deref()
-            .is_some_and(|o| o != sc.name() && sc != Scenario::CopyOnly)
-        {
-            continue;
-        }
-        // Calibrate: find a packet count that takes about `secs`.
-        let (el, _) = b.run(sc, 100_000);
-        let per = el.as_secs_f64() / 100_000.0;
-        let n = ((secs / per.max(1e-9)) as u64).clamp(100_000, 500_000_000);
-        let (el, tx) = b.run(sc, n);
-        let ns = el.as_secs_f64() * 1e9 / n as f64;
-        if sc == Scenario::CopyOnly {
-            copy_ns = ns;
-        }
-        let net = if sc == Scenario::CopyOnly {
-            ns
-        } else {
-            ns - copy_ns
-        };
-        let delivered = if sc == Scenario::CopyOnly {
+    for (k, sc) in scenarios.iter().enumerate() {
+        let med = median(&mut ns[k]);
+        let best = ns[k].iter().copied().fold(f64::INFINITY, f64::min);
+        let delivered = if *sc == Scenario::CopyOnly {
             "-".to_string()
         } else {
-            format!("{:.1}%", tx as f64 * 100.0 / n as f64)
+            format!(
+                "{:.1}%",
+                delivered[k].0 as f64 * 100.0 / delivered[k].1 as f64
+            )
         };
         println!(
-            "{:<28} {:>10.2} {:>12.1} {:>12.1} {:>10}",
+            "{:<28} {:>10.2} {:>12.1} {:>12.1} {:>12.1} {:>10}",
             sc.name(),
-            1e3 / ns,
-            ns,
-            net,
+            1e3 / med,
+            med,
+            best,
+            median(&mut net[k]),
             delivered
         );
     }
+    println!(
+        "(medians of {rounds} interleaved rounds; net = minus the copy baseline of the same round)"
+    );
     let mut changes: Vec<Duration> = (0..200).map(|i| b.endpoint_change(i)).collect();
     changes.sort();
     let (full, _) = b.full_build();
@@ -133,4 +168,9 @@ fn pipeline(args: &[String]) -> Result<()> {
         b.ct.evictions()
     );
     Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -723,10 +723,12 @@ impl Conntrack {
         extra: u8,
         orig_flags: u8,
     ) -> Result<Tuple, InsertError> {
+        let reply_hash = self.hash(&xlate.reverse());
         self.insert_flow_hashed(
             orig,
             self.hash(orig),
             xlate,
+            reply_hash,
             now,
             mac_idx,
             extra,
@@ -734,13 +736,15 @@ impl Conntrack {
         )
     }
 
-    /// [`Conntrack::insert_flow`] with the original tuple's hash already computed.
+    /// [`Conntrack::insert_flow`] with the hashes of the original tuple and of the reply tuple
+    /// (`xlate` reversed) already computed.
     #[allow(clippy::too_many_arguments)] // the flow and its binding
     pub fn insert_flow_hashed(
         &self,
         orig: &Tuple,
         orig_hash: u64,
         xlate: &Tuple,
+        reply_hash: u64,
         now: u16,
         mac_idx: u16,
         extra: u8,

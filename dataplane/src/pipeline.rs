@@ -58,6 +58,8 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, Default)]
 struct NewFlow {
     xlate: Tuple,
+    /// Conntrack hash of the reply tuple (`xlate` reversed).
+    rhash: u64,
     masq: bool,
     mac_idx: u16,
     extra: u8,
@@ -83,6 +85,8 @@ struct Meta {
     svc: u32,
     tuple: Tuple,
     hash: u64,
+    /// Unseeded flow hash for Maglev (set with `svc`).
+    lb_hash: u64,
 }
 
 const NO_SVC: u32 = u32::MAX;
@@ -159,12 +163,23 @@ impl Pipeline {
     ) {
         let kind = fib.port_kind(rx);
         self.counters.rx.add(pkts.len() as u64);
-        // Stage one: validate and classify every frame; prefetch its conntrack bucket.
+        // Stage one: validate and classify every frame; prefetch its conntrack bucket, and for
+        // a packet that may open a flow (TCP SYN, UDP) look its service up and prefetch that.
         for (i, p) in pkts.iter_mut().enumerate() {
             match self.ingress(fib, ct, kind, rx, p) {
-                Ok(m) => {
+                Ok(mut m) => {
                     if m.ports {
                         ct.prefetch_bucket(m.hash);
+                        let opener = m.proto == proto::UDP
+                            || m.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+                        if opener {
+                            let t = &m.tuple;
+                            m.svc_known = true;
+                            m.svc = fib.service_ref(t.dst, t.dport, t.proto).unwrap_or(NO_SVC);
+                            if let Some(svc) = fib.svc_hit(m.svc) {
+                                crate::sys::prefetch(svc.lb);
+                            }
+                        }
                     }
                     self.meta[i] = m;
                     self.pending[i] = true;
@@ -186,15 +201,10 @@ impl Pipeline {
                     m.proto == proto::UDP || m.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
                 if opener {
                     let t = m.tuple;
-                    let r = fib.service_ref(t.dst, t.dport, t.proto);
-                    m.svc_known = true;
-                    m.svc = r.unwrap_or(NO_SVC);
-                    if let Some(svc) = r.and_then(|r| fib.svc_hit(r)) {
+                    if let Some(svc) = fib.svc_hit(m.svc) {
                         let raw_uplink = kind == PortKind::Uplink && !m.decapped;
-                        svc.lb.prefetch_pick(
-                            flow_hash(0, t.src, t.dst, t.sport, t.dport, t.proto),
-                            svc.external && raw_uplink,
-                        );
+                        m.lb_hash = flow_hash(0, t.src, t.dst, t.sport, t.dport, t.proto);
+                        svc.lb.prefetch_pick(m.lb_hash, svc.external && raw_uplink);
                         ct.prefetch_free_slot(m.hash);
                     }
                 }
@@ -218,7 +228,7 @@ impl Pipeline {
         // Stage four: the reply tuples' bucket headers are in cache: prefetch their free slots.
         for i in 0..pkts.len() {
             if self.pending[i] {
-                ct.prefetch_free_slot(ct.hash(&self.new[i].xlate.reverse()));
+                ct.prefetch_free_slot(self.new[i].rhash);
             }
         }
         // Stage five: record the new flows, translate and route them.
@@ -519,7 +529,11 @@ impl Pipeline {
         let backend = match backend {
             Some(b) => b,
             None => {
-                let h = flow_hash(0, t.src, t.dst, t.sport, t.dport, t.proto);
+                let h = if m.svc_known {
+                    m.lb_hash
+                } else {
+                    flow_hash(0, t.src, t.dst, t.sport, t.dport, t.proto)
+                };
                 let Some(b) = lb.pick(h, external) else {
                     return Step::Done(Verdict::Drop(DropReason::NoBackend));
                 };
@@ -567,9 +581,11 @@ impl Pipeline {
             xlate.src = u32::from(node.masquerade_ip);
             xlate.sport = snat_port(m.hash, 0);
         }
-        ct.prefetch_bucket(ct.hash(&xlate.reverse()));
+        let rhash = ct.hash(&xlate.reverse());
+        ct.prefetch_bucket(rhash);
         Step::New(NewFlow {
             xlate,
+            rhash,
             masq,
             mac_idx,
             extra,
@@ -599,12 +615,14 @@ impl Pipeline {
         };
         let mut bound = None;
         for k in 0..tries {
-            if nf.masq {
+            let mut rhash = nf.rhash;
+            if nf.masq && k > 0 {
                 xlate.sport = snat_port(m.hash, k);
+                rhash = ct.hash(&xlate.reverse());
             }
-            if let Ok(x) =
-                ct.insert_flow_hashed(&t, m.hash, &xlate, now, nf.mac_idx, nf.extra, orig_flags)
-            {
+            if let Ok(x) = ct.insert_flow_hashed(
+                &t, m.hash, &xlate, rhash, now, nf.mac_idx, nf.extra, orig_flags,
+            ) {
                 bound = Some(x);
                 break;
             }
