@@ -240,6 +240,12 @@ fn lanes_matching(tags: u64, tag: u16) -> u64 {
     x.wrapping_sub(LO) & !x & HI
 }
 
+/// Lanes of a tag word in use (non-zero tag).
+#[inline]
+fn lanes_used(tags: u64) -> usize {
+    (0..4).filter(|l| (tags >> (l * 16)) as u16 != 0).count()
+}
+
 /// The tag stored for a hash: never 0 (0 marks a free lane).
 #[inline]
 fn tag_of(h: u64) -> u16 {
@@ -265,7 +271,6 @@ pub struct Conntrack {
     n_buckets: usize,
     mask: u64,
     seed: u64,
-    len: AtomicUsize,
     evictions: AtomicU64,
     gc_cursor: AtomicUsize,
     timeouts: Timeouts,
@@ -294,7 +299,6 @@ impl Conntrack {
             n_buckets: buckets,
             mask: buckets as u64 - 1,
             seed: random_seed(),
-            len: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
             gc_cursor: AtomicUsize::new(0),
             timeouts,
@@ -317,9 +321,19 @@ impl Conntrack {
         &self.buckets[b][B_OVERFLOW]
     }
 
-    /// Entries in use (two per flow).
+    /// Entries in use (two per flow). Counts the occupied lanes of every bucket (milliseconds
+    /// for millions of entries: for metrics and inspection, not the packet path, which keeps
+    /// no shared counter to update).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.buckets
+            .iter()
+            .map(|b| {
+                b[..4]
+                    .iter()
+                    .map(|w| lanes_used(w.load(Ordering::Relaxed)))
+                    .sum::<usize>()
+            })
+            .sum()
     }
     /// True when empty.
     pub fn is_empty(&self) -> bool {
@@ -541,6 +555,23 @@ impl Conntrack {
         );
     }
 
+    /// [`Conntrack::write_slot`] for a free slot (caller holds the bucket lock): no hit can
+    /// refer to it (a hit is only taken on a slot in use, with a sequence number the clear
+    /// already moved past), so plain stores suffice where an occupied slot needs a CAS.
+    fn write_free_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
+        let s = self.slot(i);
+        let seq = m_seq(s[0].load(Ordering::Relaxed));
+        s[0].store((seq.wrapping_add(1) as u64) << 48, Ordering::Relaxed);
+        fence(Ordering::Release);
+        s[1].store(w[0], Ordering::Relaxed);
+        s[2].store(w[1], Ordering::Relaxed);
+        s[3].store(w[2], Ordering::Relaxed);
+        s[0].store(
+            (m_new_without_seq & !(0xffff << 48)) | ((seq.wrapping_add(2) as u64) << 48),
+            Ordering::Release,
+        );
+    }
+
     fn set_tag(&self, b: usize, lane: usize, tag: u16) {
         let word = &self.tags(b)[lane / 4];
         let shift = (lane % 4) * 16;
@@ -566,7 +597,6 @@ impl Conntrack {
         }
         self.set_tag(b, lane, 0);
         self.write_slot(b * SLOTS + lane, 0, [0; 3]);
-        self.len.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn free_lane(&self, b: usize) -> Option<usize> {
@@ -585,13 +615,12 @@ impl Conntrack {
         mac: u16,
         tag: u16,
     ) {
-        self.write_slot(
+        self.write_free_slot(
             b * SLOTS + lane,
             meta(0, key.proto, fl | flags::USED, now, mac),
             pack(key, xlate),
         );
         self.set_tag(b, lane, tag);
-        self.len.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Inserts `key -> xlate` unless `key` is present. Returns the entry now in the table and
@@ -752,14 +781,8 @@ impl Conntrack {
     ) -> Result<Tuple, InsertError> {
         let rkey = xlate.reverse();
         let rval = orig.reverse();
-        let (r, r_new, ev1) = self.insert_one(
-            &rkey,
-            self.hash(&rkey),
-            &rval,
-            flags::REPLY | extra,
-            now,
-            mac_idx,
-        );
+        let (r, r_new, ev1) =
+            self.insert_one(&rkey, reply_hash, &rval, flags::REPLY | extra, now, mac_idx);
         if let Some(p) = ev1 {
             self.remove(&p);
         }
