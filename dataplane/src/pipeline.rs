@@ -335,7 +335,8 @@ impl Pipeline {
             return Err(Verdict::Drop(UnsupportedEthertype));
         }
         let ip = Ipv4Packet::new_checked(&d[L3..]).map_err(|_| Verdict::Drop(Ipv4Malformed))?;
-        if !decapped && kind != PortKind::Uplink && !ip.verify_checksum() {
+        // The outer header of uplink frames was verified above; inner and pod/host headers here.
+        if (decapped || kind != PortKind::Uplink) && !ip.verify_checksum() {
             return Err(Verdict::Drop(Ipv4Checksum));
         }
         if let PortKind::Pod { ip: pod_ip, .. } = kind {

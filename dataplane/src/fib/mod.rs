@@ -539,12 +539,6 @@ impl Fib {
     pub fn lbs(&self) -> &[Arc<Lb>] {
         &self.lbs
     }
-    /// True when `lb` still has `backend` in this table (matched by service port name).
-    pub fn backend_exists(&self, lb_name: &str, backend: SocketAddrV4) -> bool {
-        self.lbs
-            .iter()
-            .any(|l| l.name == lb_name && l.has_backend(backend))
-    }
 }
 
 /// Why a table could not be built.
