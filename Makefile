@@ -17,8 +17,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
 
 test: deps lint
-	$(CARGO) test --workspace --release
 	bash scripts/fuzz.sh 10
+	bash scripts/test.sh
 
 bench: deps
 	$(CARGO) bench -p xdpnet-bench
