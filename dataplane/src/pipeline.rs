@@ -8,9 +8,14 @@
 //! node by VXLAN, host port, or back out the uplink) -> rewrite (MACs, TTL, incremental
 //! checksums per RFC 1624) -> verdict.
 //!
-//! Vectors, not packets: stage one validates every frame of the batch and computes its flow
-//! hash, touching its conntrack bucket so the cache misses of the whole batch overlap; stage two
-//! does the lookups and rewrites. The table is the snapshot the caller loaded once for the batch.
+//! Vectors, not packets: each stage runs over the whole batch before the next, so the cache
+//! misses of the batch overlap instead of adding up. (1) validate, decap, compute the flow hash;
+//! prefetch the conntrack bucket (and, for a packet that may open a flow, look its service up
+//! and prefetch it); (2) prefetch the conntrack slot, the Maglev entry and the slot a new entry
+//! would take; (3) conntrack lookup: established flows and plain routing finish here; a new
+//! service flow picks its backend and prefetches its reply tuple's bucket; (4) prefetch that
+//! bucket's free slot; (5) record the new flows, translate, route. The table is the snapshot
+//! the caller loaded once for the batch.
 //!
 //! Invariants: never allocates, never logs, never panics on any input; every frame gets exactly
 //! one verdict and every drop is counted under one [`DropReason`].
@@ -53,8 +58,8 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// A new service flow decided in stage three and recorded in stage four, once its reply
-/// tuple's conntrack bucket (prefetched in between) is in cache.
+/// A new service flow decided in stage three and recorded in stage five, once its reply
+/// tuple's conntrack bucket and free slot (prefetched in between) are in cache.
 #[derive(Debug, Clone, Copy, Default)]
 struct NewFlow {
     xlate: Tuple,
@@ -80,7 +85,7 @@ struct Meta {
     ports: bool,
     later_fragment: bool,
     decapped: bool,
-    /// Stage two looked the service up: `svc` holds the result (`NO_SVC` = none).
+    /// Stage one looked the service up: `svc` holds the result (`NO_SVC` = none).
     svc_known: bool,
     svc: u32,
     tuple: Tuple,
@@ -416,7 +421,7 @@ impl Pipeline {
         Verdict::Tx(rx)
     }
 
-    /// Stage two: ICMP, conntrack / services, routing, rewrite.
+    /// Stage three: ICMP, conntrack lookup, services, routing, rewrite.
     #[allow(clippy::too_many_arguments)] // the per-packet context, passed by value to stay in registers
     fn forward(
         &self,
@@ -593,7 +598,7 @@ impl Pipeline {
         })
     }
 
-    /// Stage four of a new service flow: record it in conntrack (another masquerade port if
+    /// Stage five of a new service flow: record it in conntrack (another masquerade port if
     /// the first is taken), translate, route.
     #[allow(clippy::too_many_arguments)] // the per-packet context
     fn commit_new_flow(
