@@ -1141,3 +1141,55 @@ fn fuzz_seed_corpus() {
         assert!(matches!(v, Verdict::Tx(_)), "{name}: {v:?}");
     }
 }
+
+/// Conntrack is shared by all workers: the first packet of a flow on one worker and its reply
+/// on another (a different queue, a different thread) still meet.
+#[test]
+fn replies_can_arrive_on_another_worker() {
+    use xdpnet_dataplane::packet::{HEADROOM, Packet};
+    use xdpnet_dataplane::pipeline::Pipeline;
+    let n = std::sync::Arc::new(Node::new(0, &SHAPE));
+    let run = |pipe: &mut Pipeline, n: &Node, port: u16, f: &[u8]| {
+        let mut chunk = vec![0u8; HEADROOM + 2048];
+        chunk[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
+        let mut pkts = [Packet::new(&mut chunk, HEADROOM, f.len())];
+        let mut out = [Verdict::Drop(DropReason::NoRoute)];
+        pipe.process(&n.fib, &n.ct, 100, port, &mut pkts, &mut out);
+        (out[0], pkts[0].data().to_vec())
+    };
+    let n2 = n.clone();
+    let (v, fwd) = std::thread::spawn(move || {
+        let mut worker_a = Pipeline::new();
+        let f = from_pod(0, 0, FrameSpec::udp(pod_ip(0, 0), 3333, service_ip(1), 53));
+        run(&mut worker_a, &n2, Node::pod_port(0), &f)
+    })
+    .join()
+    .unwrap();
+    let s = if v == Verdict::Tx(UPLINK) {
+        check(&unwrap_vxlan(&fwd).2)
+    } else {
+        check(&fwd)
+    };
+    // The backend's reply, delivered to this node (from its pod port or through VXLAN).
+    let bn = node_of(s.dst);
+    let reply = FrameSpec::udp(s.dst, s.dport, s.src, s.sport);
+    let (port, frame) = if bn == 0 {
+        let bj = u32::from(s.dst) - u32::from(pod_ip(0, 0));
+        (Node::pod_port(bj), from_pod(0, bj, reply))
+    } else {
+        (UPLINK, testutil::vxlan_wrap(&reply.to_vec(), bn, 0, 1))
+    };
+    let n3 = n.clone();
+    let (rv, rout) = std::thread::spawn(move || {
+        let mut worker_b = Pipeline::new();
+        run(&mut worker_b, &n3, port, &frame)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(rv, Verdict::Tx(Node::pod_port(0)));
+    let r = check(&rout);
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (service_ip(1), 53, pod_ip(0, 0), 3333)
+    );
+}

@@ -244,3 +244,72 @@ fn mac_table_interns() {
     assert_eq!(ct.macs().get(ia), Some(a));
     assert_eq!(ct.macs().get(0), None);
 }
+
+#[test]
+fn gc_runs_beside_workers_without_losing_live_flows() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ct = Arc::new(Conntrack::new(100_000, Timeouts::default()).unwrap());
+    // Old flows (seen at t=0) that GC must expire, and live ones workers keep touching.
+    for i in 0..5_000u32 {
+        let o = t(0x0b00_0000 + i, 7, VIP, 53, proto::UDP);
+        ct.insert_flow(
+            &o,
+            &t(0x0b00_0000 + i, 7, B1, 53, proto::UDP),
+            tick(0),
+            0,
+            0,
+            0,
+        )
+        .unwrap();
+    }
+    let now = 1_000u32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let (ct, stop) = (ct.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) || i < 2_000 {
+                    let src = 0x0c00_0000 + w * 1_000_000 + i;
+                    let o = t(src, 9, VIP, 80, proto::TCP);
+                    let x = t(src, 9, B2, 8080, proto::TCP);
+                    ct.insert_flow(&o, &x, tick(now), 0, 0, flags::SYN).unwrap();
+                    mine.push(o);
+                    // Touch every live flow of ours now and then, as traffic would.
+                    for k in mine.iter().rev().take(8) {
+                        let h = ct.lookup(k).expect("a live flow vanished");
+                        ct.touch(&h, tick(now), 0);
+                    }
+                    i += 1;
+                    if i > 20_000 {
+                        break;
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut removed = 0;
+    for _ in 0..50 {
+        removed += ct.gc(now, 1 << 12).removed;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let live: Vec<Tuple> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    for o in &live {
+        assert!(ct.lookup(o).is_some(), "GC removed a live flow");
+    }
+    while ct.gc(now, 1 << 14).removed > 0 {}
+    let old_left = (0..5_000u32)
+        .filter(|i| {
+            ct.lookup(&t(0x0b00_0000 + i, 7, VIP, 53, proto::UDP))
+                .is_some()
+        })
+        .count();
+    assert_eq!(old_left, 0, "every expired flow goes");
+    assert!(removed > 0);
+    assert_eq!(ct.len(), live.len() * 2);
+}
