@@ -180,10 +180,7 @@ impl Pipeline {
                         if opener {
                             let t = &m.tuple;
                             m.svc_known = true;
-                            m.svc = fib.service_ref(t.dst, t.dport, t.proto).unwrap_or(NO_SVC);
-                            if let Some(svc) = fib.svc_hit(m.svc) {
-                                crate::sys::prefetch(svc.lb);
-                            }
+                            fib.prefetch_service(t.dst, t.dport, t.proto);
                         }
                     }
                     self.meta[i] = m;
@@ -192,6 +189,18 @@ impl Pipeline {
                 Err(v) => {
                     out[i] = v;
                     self.pending[i] = false;
+                }
+            }
+        }
+        // Stage one and a half: flow openers look their service up (prefetched above) and
+        // prefetch it.
+        for i in 0..pkts.len() {
+            let m = &mut self.meta[i];
+            if self.pending[i] && m.svc_known {
+                let t = &m.tuple;
+                m.svc = fib.service_ref(t.dst, t.dport, t.proto).unwrap_or(NO_SVC);
+                if let Some(svc) = fib.svc_hit(m.svc) {
+                    crate::sys::prefetch(svc.lb);
                 }
             }
         }

@@ -428,7 +428,7 @@ pub struct Remotes {
 #[derive(Debug, Default)]
 struct SvcIndex {
     /// (ip, port, proto) -> lb index << 1 | external
-    by_addr: IntMap<u64, u32>,
+    by_addr: crate::hash::FlatMap,
     /// (node port, proto) -> lb index
     by_node_port: IntMap<u32, u32>,
     /// Every service address (for ICMP echo).
@@ -508,7 +508,7 @@ impl Fib {
     /// [`Fib::service`] as a small copyable handle into this snapshot: `index << 1 | external`.
     #[inline]
     pub fn service_ref(&self, ip: u32, port: u16, proto: u8) -> Option<u32> {
-        if let Some(&v) = self.index.by_addr.get(&svc_key(ip, port, proto)) {
+        if let Some(v) = self.index.by_addr.get(svc_key(ip, port, proto)) {
             return Some(v);
         }
         if ip == u32::from(self.node.underlay_ip) {
@@ -530,6 +530,12 @@ impl Fib {
             external: r & 1 == 1,
         })
     }
+    /// Prefetches where [`Fib::service_ref`] will look for `ip:port/proto`.
+    #[inline]
+    pub fn prefetch_service(&self, ip: u32, port: u16, proto: u8) {
+        self.index.by_addr.prefetch(svc_key(ip, port, proto));
+    }
+
     /// True when `ip` is a service address (ClusterIP, LoadBalancer or external IP).
     #[inline]
     pub fn is_vip(&self, ip: u32) -> bool {
@@ -928,6 +934,7 @@ impl FibBuilder {
     ) -> (Vec<Arc<Lb>>, SvcIndex, Vec<BuildError>) {
         let mut lbs = Vec::new();
         let mut index = SvcIndex::default();
+        let mut by_addr: Vec<(u64, u32)> = Vec::new();
         let mut warnings = Vec::new();
         let mut owner: IntMap<u64, String> = IntMap::default();
         let mut np_owner: IntMap<u32, String> = IntMap::default();
@@ -964,7 +971,7 @@ impl FibBuilder {
                         _ => {}
                     }
                     owner.insert(key, e.spec.name.clone());
-                    index.by_addr.insert(key, (li << 1) | ext);
+                    by_addr.push((key, (li << 1) | ext));
                     index.vips.insert((*ip).into(), ());
                 }
                 if let Some(np) = p.node_port {
@@ -986,6 +993,7 @@ impl FibBuilder {
             }
             lbs.extend(e.built.iter().cloned());
         }
+        index.by_addr = crate::hash::FlatMap::new(&by_addr);
         (lbs, index, warnings)
     }
 }
