@@ -561,6 +561,14 @@ pub enum BuildError {
         /// This node's CIDR.
         cidr: Ipv4Net,
     },
+    /// A pod was given a port that another pod, the uplink or the host port has.
+    #[error("port {port} is already used by {by}")]
+    PortInUse {
+        /// The port.
+        port: PortId,
+        /// Who has it.
+        by: String,
+    },
     /// A service port has more backends than a Maglev table can address.
     #[error("service {0} has {1} backends; at most {max} are supported", max = maglev::MAX_BACKENDS)]
     TooManyBackends(String, usize),
@@ -658,6 +666,21 @@ impl FibBuilder {
         }
         if self.endpoints.get(&ep.ip) == Some(&ep) {
             return Ok(());
+        }
+        match self.ports.get(ep.port as usize) {
+            Some(PortKind::Uplink | PortKind::Host) => {
+                return Err(BuildError::PortInUse {
+                    port: ep.port,
+                    by: "the node".into(),
+                });
+            }
+            Some(PortKind::Pod { ip, .. }) if *ip != ep.ip => {
+                return Err(BuildError::PortInUse {
+                    port: ep.port,
+                    by: ip.to_string(),
+                });
+            }
+            _ => {}
         }
         if let Some(old) = self.endpoints.insert(ep.ip, ep) {
             if old.port != ep.port {

@@ -150,6 +150,56 @@ fn endpoint_outside_cidr_is_refused() {
 }
 
 #[test]
+fn a_port_belongs_to_one_pod() {
+    let mut b = testutil::cluster_builder(&SHAPE);
+    let taken = Endpoint {
+        ip: testutil::pod_ip(0, 40),
+        mac: MacAddr::ZERO,
+        port: testutil::FIRST_POD_PORT,
+        policy_id: 0,
+    };
+    assert!(matches!(
+        b.upsert_endpoint(taken),
+        Err(BuildError::PortInUse { .. })
+    ));
+    let uplink = Endpoint {
+        port: testutil::UPLINK,
+        ..taken
+    };
+    assert!(matches!(
+        b.upsert_endpoint(uplink),
+        Err(BuildError::PortInUse { .. })
+    ));
+    let host = Endpoint {
+        port: testutil::HOST,
+        ..taken
+    };
+    assert!(matches!(
+        b.upsert_endpoint(host),
+        Err(BuildError::PortInUse { .. })
+    ));
+    // The refused changes left the table as it was; a free port works, and moving a pod
+    // frees its old port.
+    let fib = b.build();
+    assert_eq!(
+        fib.endpoint(testutil::pod_ip(0, 0).into()).unwrap().port,
+        testutil::FIRST_POD_PORT
+    );
+    let moved = Endpoint {
+        port: 77,
+        ..*fib.endpoint(testutil::pod_ip(0, 0).into()).unwrap()
+    };
+    b.upsert_endpoint(moved).unwrap();
+    let fib = b.build();
+    assert_eq!(fib.port_kind(testutil::FIRST_POD_PORT), PortKind::Unused);
+    assert_eq!(
+        fib.endpoint(testutil::pod_ip(0, 0).into()).unwrap().port,
+        77
+    );
+    b.upsert_endpoint(taken).unwrap();
+}
+
+#[test]
 fn local_traffic_policy_picks_local_backends_only() {
     let mut b = testutil::cluster_builder(&SHAPE);
     let mut spec = testutil::service_spec(&SHAPE, 1);
