@@ -230,7 +230,7 @@ impl Pipeline {
         for (i, p) in pkts.iter_mut().enumerate() {
             if self.pending[i] {
                 let m = self.meta[i];
-                match self.forward(fib, ct, now, rx, kind, p, &m) {
+                match self.forward(fib, ct, now, kind, p, &m) {
                     Step::Done(v) => {
                         out[i] = v;
                         self.pending[i] = false;
@@ -437,7 +437,6 @@ impl Pipeline {
         fib: &Fib,
         ct: &Conntrack,
         now: u16,
-        rx: PortId,
         kind: PortKind,
         p: &mut Packet<'_>,
         m: &Meta,
@@ -454,7 +453,7 @@ impl Pipeline {
                 }
             };
             if ty == icmp::ECHO_REQUEST && fib.is_vip(t.dst) {
-                return Step::Done(self.echo_reply(fib, rx, raw_uplink, p, m));
+                return Step::Done(self.echo_reply(fib, raw_uplink, p, m));
             }
             if is_err {
                 if let Some(v) = self.icmp_related(fib, ct, now, kind, p, m) {
@@ -749,14 +748,7 @@ impl Pipeline {
     }
 
     /// Answers an ICMP echo request to a service address.
-    fn echo_reply(
-        &self,
-        fib: &Fib,
-        rx: PortId,
-        raw_uplink: bool,
-        p: &mut Packet<'_>,
-        m: &Meta,
-    ) -> Verdict {
+    fn echo_reply(&self, fib: &Fib, raw_uplink: bool, p: &mut Packet<'_>, m: &Meta) -> Verdict {
         let d = p.data_mut();
         {
             let mut ip = Ipv4Packet::new_unchecked(&mut d[L3..]);
@@ -779,8 +771,8 @@ impl Pipeline {
             eth.set_src(node.underlay_mac);
             return Verdict::Tx(node.uplink_port);
         }
-        // Back where it came from: the route to the original source, without a TTL charge.
-        let _ = rx;
+        // Back where it came from: the route to the original source. TTL 65 because routing
+        // charges the hop: the reply leaves with 64, like one a host generates.
         let dst = m.tuple.src;
         Ipv4Packet::new_unchecked(&mut d[L3..]).set_ttl(65);
         self.route(fib, m.decapped, false, p, dst, m.hash)
