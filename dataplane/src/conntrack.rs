@@ -400,7 +400,7 @@ impl Conntrack {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn read_slot(&self, i: usize) -> Option<(u64, [u64; 3])> {
         let s = self.slot(i);
         for _ in 0..64 {
@@ -424,7 +424,7 @@ impl Conntrack {
     }
 
     /// Looks for `key` in bucket `b` only (lock-free).
-    #[inline]
+    #[inline(always)]
     fn find_in(&self, b: usize, key: &Tuple, tag: u16) -> Option<(usize, u64, [u64; 3])> {
         let t = &self.buckets[b];
         let ms = [
@@ -459,7 +459,7 @@ impl Conntrack {
     }
 
     /// Looks for `key` in its home bucket and, if the home has overflowed, its neighbours.
-    #[inline]
+    #[inline(always)]
     fn locate(&self, home: usize, key: &Tuple, tag: u16) -> Option<(usize, usize, u64, [u64; 3])> {
         if let Some((l, m, w)) = self.find_in(home, key, tag) {
             return Some((home, l, m, w));
@@ -474,7 +474,7 @@ impl Conntrack {
     }
 
     /// Looks up `key` (with `hash` from [`Conntrack::hash`]).
-    #[inline]
+    #[inline(always)]
     pub fn lookup_hashed(&self, key: &Tuple, hash: u64) -> Option<Hit> {
         let (b, l, m, ws) = self.locate((hash & self.mask) as usize, key, tag_of(hash))?;
         let (k, x) = unpack(m, ws);
