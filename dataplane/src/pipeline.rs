@@ -70,6 +70,15 @@ struct NewFlow {
     extra: u8,
 }
 
+/// What every packet of a batch shares: the table snapshot, conntrack, the clock, the port kind.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    fib: &'a Fib,
+    ct: &'a Conntrack,
+    now: u16,
+    kind: PortKind,
+}
+
 enum Step {
     Done(Verdict),
     New(NewFlow),
@@ -227,10 +236,11 @@ impl Pipeline {
         // Stage three: lookups; established flows and plain routing finish here. A new service
         // flow picks its backend and prefetches its reply tuple's bucket.
         let now = conntrack::tick(now_secs);
+        let cx = Ctx { fib, ct, now, kind };
         for (i, p) in pkts.iter_mut().enumerate() {
             if self.pending[i] {
                 let m = self.meta[i];
-                match self.forward(fib, ct, now, kind, p, &m) {
+                match self.forward(&cx, p, &m) {
                     Step::Done(v) => {
                         out[i] = v;
                         self.pending[i] = false;
@@ -249,7 +259,7 @@ impl Pipeline {
         for (i, p) in pkts.iter_mut().enumerate() {
             if self.pending[i] {
                 let (m, nf) = (self.meta[i], self.new[i]);
-                out[i] = self.commit_new_flow(fib, ct, now, kind, p, &m, nf);
+                out[i] = self.commit_new_flow(&cx, p, &m, nf);
             }
         }
         for v in out.iter() {
@@ -431,16 +441,8 @@ impl Pipeline {
     }
 
     /// Stage three: ICMP, conntrack lookup, services, routing, rewrite.
-    #[allow(clippy::too_many_arguments)] // the per-packet context, passed by value to stay in registers
-    fn forward(
-        &self,
-        fib: &Fib,
-        ct: &Conntrack,
-        now: u16,
-        kind: PortKind,
-        p: &mut Packet<'_>,
-        m: &Meta,
-    ) -> Step {
+    fn forward(&self, cx: &Ctx<'_>, p: &mut Packet<'_>, m: &Meta) -> Step {
+        let Ctx { fib, ct, now, kind } = *cx;
         let raw_uplink = kind == PortKind::Uplink && !m.decapped;
         let t = m.tuple;
         if m.proto == proto::ICMP && !m.later_fragment {
@@ -456,7 +458,7 @@ impl Pipeline {
                 return Step::Done(self.echo_reply(fib, raw_uplink, p, m));
             }
             if is_err {
-                if let Some(v) = self.icmp_related(fib, ct, now, kind, p, m) {
+                if let Some(v) = self.icmp_related(cx, p, m) {
                     return Step::Done(v);
                 }
             }
@@ -502,7 +504,7 @@ impl Pipeline {
                 fib.service(t.dst, t.dport, t.proto)
             };
             if let Some(svc) = svc {
-                return self.prepare_new_flow(fib, ct, now, raw_uplink, p, m, svc);
+                return self.prepare_new_flow(cx, raw_uplink, p, m, svc);
             }
         } else if m.later_fragment && fib.is_vip(t.dst) {
             return Step::Done(Verdict::Drop(DropReason::FragmentToService));
@@ -515,17 +517,15 @@ impl Pipeline {
 
     /// Stage three of a new service flow: backend (affinity or Maglev), masquerade decision,
     /// the translated tuple; prefetches the reply tuple's conntrack bucket.
-    #[allow(clippy::too_many_arguments)] // the per-packet context
     fn prepare_new_flow(
         &self,
-        fib: &Fib,
-        ct: &Conntrack,
-        now: u16,
+        cx: &Ctx<'_>,
         raw_uplink: bool,
         p: &mut Packet<'_>,
         m: &Meta,
         svc: crate::fib::SvcHit<'_>,
     ) -> Step {
+        let Ctx { fib, ct, now, .. } = *cx;
         let t = m.tuple;
         let lb = svc.lb;
         let external = svc.external && raw_uplink;
@@ -608,17 +608,8 @@ impl Pipeline {
 
     /// Stage five of a new service flow: record it in conntrack (another masquerade port if
     /// the first is taken), translate, route.
-    #[allow(clippy::too_many_arguments)] // the per-packet context
-    fn commit_new_flow(
-        &self,
-        fib: &Fib,
-        ct: &Conntrack,
-        now: u16,
-        kind: PortKind,
-        p: &mut Packet<'_>,
-        m: &Meta,
-        nf: NewFlow,
-    ) -> Verdict {
+    fn commit_new_flow(&self, cx: &Ctx<'_>, p: &mut Packet<'_>, m: &Meta, nf: NewFlow) -> Verdict {
+        let Ctx { fib, ct, now, kind } = *cx;
         let t = m.tuple;
         let mut xlate = nf.xlate;
         let tries = if nf.masq { SNAT_TRIES } else { 1 };
@@ -780,15 +771,8 @@ impl Pipeline {
 
     /// Translates an ICMP error that quotes a packet of a NAT'd flow. `None` when the quoted
     /// packet belongs to no tracked flow (the error is then routed as it is).
-    fn icmp_related(
-        &self,
-        fib: &Fib,
-        ct: &Conntrack,
-        now: u16,
-        kind: PortKind,
-        p: &mut Packet<'_>,
-        m: &Meta,
-    ) -> Option<Verdict> {
+    fn icmp_related(&self, cx: &Ctx<'_>, p: &mut Packet<'_>, m: &Meta) -> Option<Verdict> {
+        let Ctx { fib, ct, now, kind } = *cx;
         let l4 = m.l4 as usize;
         let d = p.data_mut();
         let icmp_len = d.len().checked_sub(l4)?;
