@@ -96,6 +96,7 @@ impl Scenario {
 }
 
 /// A pool of frames, each in a fixed-size slot, and the port they arrive on.
+#[derive(Default)]
 struct Pool {
     data: Vec<u8>,
     lens: Vec<u16>,
@@ -404,14 +405,8 @@ impl Bench {
             Scenario::VxlanDecap => 2,
             Scenario::ServiceFirstPacket => unreachable!("handled above"),
         };
-        let pool = std::mem::replace(
-            &mut self.pools[pi].1,
-            Pool {
-                data: vec![],
-                lens: vec![],
-                port: 0,
-            },
-        );
+        // Taken out for the run (`run_batch` borrows `self` mutably), put back after.
+        let pool = std::mem::take(&mut self.pools[pi].1);
         let mut done = 0u64;
         let mut tx = 0u64;
         let mut pos = 0usize;
@@ -433,14 +428,7 @@ impl Bench {
     }
 
     fn run_first(&mut self, packets: u64) -> (Duration, u64) {
-        let pool = std::mem::replace(
-            &mut self.first_pool,
-            Pool {
-                data: vec![],
-                lens: vec![],
-                port: 0,
-            },
-        );
+        let pool = std::mem::take(&mut self.first_pool);
         let mut el = Duration::ZERO;
         let mut tx = 0u64;
         let mut done = 0u64;

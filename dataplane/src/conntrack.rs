@@ -229,6 +229,19 @@ fn unpack(m: u64, w: [u64; 3]) -> (Tuple, Tuple) {
     )
 }
 
+/// The entry a slot's meta word and data words describe.
+#[inline]
+fn entry_of(m: u64, w: [u64; 3]) -> Entry {
+    let (key, xlate) = unpack(m, w);
+    Entry {
+        key,
+        xlate,
+        flags: m_flags(m),
+        last_seen: m_last(m),
+        mac_idx: m as u16,
+    }
+}
+
 /// Lanes (0..4) of a tag word that may hold `tag`, as a bit mask (bit 16*lane+15). SWAR:
 /// lanes equal to `tag` become zero after the xor; a zero lane sets its top bit. A borrow can
 /// flag a lane above a true match as well; callers verify the key, so that is harmless.
@@ -477,15 +490,8 @@ impl Conntrack {
     #[inline(always)]
     pub fn lookup_hashed(&self, key: &Tuple, hash: u64) -> Option<Hit> {
         let (b, l, m, ws) = self.locate((hash & self.mask) as usize, key, tag_of(hash))?;
-        let (k, x) = unpack(m, ws);
         Some(Hit {
-            entry: Entry {
-                key: k,
-                xlate: x,
-                flags: m_flags(m),
-                last_seen: m_last(m),
-                mac_idx: m as u16,
-            },
+            entry: entry_of(m, ws),
             slot: (b * SLOTS + l) as u32,
             seq: m_seq(m),
         })
@@ -646,18 +652,7 @@ impl Conntrack {
         };
         let _g = self.lock(home);
         if let Some((_, _, m, w)) = self.locate(home, key, tag) {
-            let (k, x) = unpack(m, w);
-            return (
-                Entry {
-                    key: k,
-                    xlate: x,
-                    flags: m_flags(m),
-                    last_seen: m_last(m),
-                    mac_idx: m as u16,
-                },
-                false,
-                None,
-            );
+            return (entry_of(m, w), false, None);
         }
         if let Some(lane) = self.free_lane(home) {
             self.place(home, lane, key, xlate, fl, now, mac, tag);
@@ -892,6 +887,22 @@ impl Conntrack {
         }
     }
 
+    /// Consistent copies of the entries in use in bucket `b` (lock-free).
+    fn bucket_entries(&self, b: usize) -> [Option<Entry>; SLOTS] {
+        let mut out = [None; SLOTS];
+        for (lane, e) in out.iter_mut().enumerate() {
+            if self.lane_tag(b, lane) == 0 {
+                continue;
+            }
+            if let Some((m, w)) = self.read_slot(b * SLOTS + lane) {
+                if m_flags(m) & flags::USED != 0 {
+                    *e = Some(entry_of(m, w));
+                }
+            }
+        }
+        out
+    }
+
     /// One GC step over up to `max_buckets` buckets from the cursor: removes flows whose both
     /// entries are past their timeout, and expired affinity records.
     pub fn gc(&self, now_secs: u32, max_buckets: usize) -> GcStats {
@@ -901,50 +912,25 @@ impl Conntrack {
         for _ in 0..max_buckets.min(n) {
             let b = self.gc_cursor.fetch_add(1, Ordering::Relaxed) % n;
             st.buckets += 1;
-            let mut doomed: [Option<Entry>; SLOTS] = [None; SLOTS];
-            for (lane, d) in doomed.iter_mut().enumerate() {
-                if self.lane_tag(b, lane) == 0 {
-                    continue;
-                }
-                let Some((m, w)) = self.read_slot(b * SLOTS + lane) else {
-                    continue;
+            for e in self.bucket_entries(b).iter().flatten() {
+                let expired = if e.flags & flags::AFFINITY != 0 {
+                    // An affinity record keeps its timeout where a flow keeps its source.
+                    age_secs(now, e.last_seen) > e.xlate.src
+                } else {
+                    // A flow lives as long as its more recently seen direction.
+                    let partner = self.lookup(&e.xlate.reverse()).map(|h| h.entry);
+                    let pf = partner.map_or(0, |p| p.flags);
+                    let age = partner.map_or(age_secs(now, e.last_seen), |p| {
+                        age_secs(now, p.last_seen).min(age_secs(now, e.last_seen))
+                    });
+                    age > self.timeout_of(e.key.proto, e.flags, pf)
                 };
-                if m_flags(m) & flags::USED == 0 {
+                if !expired {
                     continue;
                 }
-                let (k, x) = unpack(m, w);
-                let e = Entry {
-                    key: k,
-                    xlate: x,
-                    flags: m_flags(m),
-                    last_seen: m_last(m),
-                    mac_idx: m as u16,
-                };
-                if e.flags & flags::AFFINITY != 0 {
-                    if age_secs(now, e.last_seen) > x.src {
-                        *d = Some(e);
-                    }
-                    continue;
-                }
-                let partner = self.lookup(&x.reverse()).map(|h| h.entry);
-                let pf = partner.map_or(0, |p| p.flags);
-                let last = partner.map_or(e.last_seen, |p| {
-                    if age_secs(now, p.last_seen) < age_secs(now, e.last_seen) {
-                        p.last_seen
-                    } else {
-                        e.last_seen
-                    }
-                });
-                if age_secs(now, last) > self.timeout_of(k.proto, e.flags, pf) {
-                    *d = Some(e);
-                }
-            }
-            for e in doomed.iter().flatten() {
-                if self.remove(&e.key) {
-                    st.removed += 1;
-                }
-                if e.flags & flags::AFFINITY == 0 && self.remove(&e.xlate.reverse()) {
-                    st.removed += 1;
+                st.removed += self.remove(&e.key) as usize;
+                if e.flags & flags::AFFINITY == 0 {
+                    st.removed += self.remove(&e.xlate.reverse()) as usize;
                 }
             }
         }
@@ -956,30 +942,11 @@ impl Conntrack {
     pub fn purge(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
         let mut removed = 0;
         for b in 0..self.n_buckets {
-            let mut doomed: [Option<Entry>; SLOTS] = [None; SLOTS];
-            for (lane, d) in doomed.iter_mut().enumerate() {
-                if self.lane_tag(b, lane) == 0 {
-                    continue;
+            for e in self.bucket_entries(b).iter().flatten() {
+                if e.flags & (flags::REPLY | flags::AFFINITY) == 0 && pred(e) {
+                    removed +=
+                        self.remove(&e.key) as usize + self.remove(&e.xlate.reverse()) as usize;
                 }
-                if let Some((m, w)) = self.read_slot(b * SLOTS + lane) {
-                    let f = m_flags(m);
-                    if f & flags::USED != 0 && f & (flags::REPLY | flags::AFFINITY) == 0 {
-                        let (k, x) = unpack(m, w);
-                        let e = Entry {
-                            key: k,
-                            xlate: x,
-                            flags: f,
-                            last_seen: m_last(m),
-                            mac_idx: m as u16,
-                        };
-                        if pred(&e) {
-                            *d = Some(e);
-                        }
-                    }
-                }
-            }
-            for e in doomed.iter().flatten() {
-                removed += self.remove(&e.key) as usize + self.remove(&e.xlate.reverse()) as usize;
             }
         }
         removed
@@ -1006,23 +973,7 @@ impl Conntrack {
     /// Calls `f` with every entry (a consistent copy of each; the table may change meanwhile).
     pub fn for_each(&self, mut f: impl FnMut(&Entry)) {
         for b in 0..self.n_buckets {
-            for lane in 0..SLOTS {
-                if self.lane_tag(b, lane) == 0 {
-                    continue;
-                }
-                if let Some((m, w)) = self.read_slot(b * SLOTS + lane) {
-                    if m_flags(m) & flags::USED != 0 {
-                        let (k, x) = unpack(m, w);
-                        f(&Entry {
-                            key: k,
-                            xlate: x,
-                            flags: m_flags(m),
-                            last_seen: m_last(m),
-                            mac_idx: m as u16,
-                        });
-                    }
-                }
-            }
+            self.bucket_entries(b).iter().flatten().for_each(&mut f);
         }
     }
 }

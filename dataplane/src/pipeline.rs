@@ -36,7 +36,8 @@ use crate::fib::{ENCAP_LEN, Fib, PortId, PortKind};
 use crate::hash::flow_hash;
 use crate::packet::Packet;
 use crate::wire::{
-    self, ArpPacket, EthernetFrame, MacAddr, checksum, ethernet, icmp, ipv4::Ipv4Packet, proto, tcp,
+    self, ArpPacket, EthernetFrame, MacAddr, checksum, ethernet, icmp, ipv4, ipv4::Ipv4Packet,
+    proto, tcp,
 };
 use std::sync::Arc;
 
@@ -884,17 +885,8 @@ fn tcp_ct_flags(f: u8) -> u8 {
 /// the frame is too short to hold an IPv4 header, which validation already excluded).
 #[inline]
 fn dec_ttl(d: &mut [u8]) -> bool {
-    let Some(h) = d.get_mut(L3..L3 + 12) else {
-        return false;
-    };
-    if h[8] <= 1 {
-        return false;
-    }
-    let old = u16::from_be_bytes([h[8], h[9]]);
-    h[8] -= 1;
-    let c = checksum::update16(u16::from_be_bytes([h[10], h[11]]), old, old - 0x0100);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    true
+    d.get_mut(L3..L3 + ipv4::MIN_HEADER_LEN)
+        .is_some_and(|h| Ipv4Packet::new_unchecked(h).decrement_ttl())
 }
 
 /// Rewrites the packet's 5-tuple from `from` to `to`: addresses, ports, and the IPv4 and L4

@@ -156,14 +156,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         let c = checksum::update32(self.checksum(), old, v);
         wr16(self.buf.as_mut(), field::CHECKSUM, c);
     }
-    /// Decrements TTL, updating the checksum incrementally. Caller checks TTL > 1 first.
-    pub fn decrement_ttl(&mut self) {
+    /// Forwarding hop: decrements TTL with an incremental checksum update. Returns false and
+    /// leaves the packet alone when the TTL would expire (TTL <= 1).
+    #[inline]
+    pub fn decrement_ttl(&mut self) -> bool {
         let b = self.buf.as_mut();
+        if b[field::TTL] <= 1 {
+            return false;
+        }
         let old = rd16(b, field::TTL);
-        b[field::TTL] = b[field::TTL].wrapping_sub(1);
-        let new = rd16(b, field::TTL);
-        let c = checksum::update16(rd16(b, field::CHECKSUM), old, new);
+        b[field::TTL] -= 1;
+        let c = checksum::update16(rd16(b, field::CHECKSUM), old, old - 0x0100);
         wr16(b, field::CHECKSUM, c);
+        true
     }
     /// Sets the TTL, updating the checksum incrementally.
     pub fn set_ttl(&mut self, ttl: u8) {
