@@ -1,7 +1,9 @@
-//! The one place in the dataplane allowed to use `unsafe`: CPU hints now, and the AF_XDP /
-//! UMEM layer when the ports arrive. Every unsafe block states why it is sound.
+//! The one place in the dataplane allowed to use `unsafe`: CPU hints, the huge-page table
+//! mapping, and the AF_XDP / UMEM layer ([`xsk`]). Every unsafe block states why it is sound.
 
 #![allow(unsafe_code)] // this module is the crate's designated unsafe boundary
+
+pub mod xsk;
 
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;

@@ -1,0 +1,464 @@
+//! The running dataplane: workers on their cores, the steering program, the ports.
+//!
+//! Owns: the worker threads (each with its UMEM and sockets), the shared table cell and
+//! conntrack, the XSKMAP slot allocator and the [`Steering`] program. The control thread holds
+//! the one [`Dataplane`] value and drives it: add/remove ports, publish tables, set steered
+//! frontends, read counters, shut down. Promises: a port is fully wired (socket bound, XSKMAP
+//! and port map filled, program attached) before `add_port` returns, and fully gone after
+//! `remove_port`; `shutdown` (and drop) stops the workers, closes every socket and detaches
+//! every program.
+
+use crate::conntrack::{Conntrack, Timeouts};
+use crate::counters::Counters;
+use crate::fib::{Fib, PortId};
+use crate::pipeline::Pipeline;
+use crate::rcu::{FibCell, Published};
+use crate::steer::{Frontend, SteerError, SteerMode, Steering};
+use crate::sys::xsk::{Notifier, RingSizes, Umem, XskError, if_index};
+use crate::worker::{Command, HandoffQueues, IoCounters, Worker};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Port ids are below this.
+pub const MAX_PORTS: usize = 4096;
+const NONE: u32 = u32::MAX;
+
+/// What a port is for (decides steering, ring sizes and worker placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRole {
+    /// The node's NIC: one socket per RX queue, steered.
+    Uplink,
+    /// The host port into the node's kernel.
+    Host,
+    /// A pod's host-side veth.
+    Pod,
+}
+
+/// How the dataplane runs.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// Cores to pin workers to, one worker per entry.
+    pub cores: Vec<usize>,
+    /// Spin when idle (lowest latency, a full core per worker) instead of sleeping in poll(2).
+    pub busy_poll: bool,
+    /// UMEM chunks per worker.
+    pub frames_per_worker: u32,
+    /// Chunk size (2048 or 4096).
+    pub frame_size: u32,
+    /// Rings of uplink and host sockets.
+    pub rings: RingSizes,
+    /// Rings of pod sockets (smaller: there are many).
+    pub pod_rings: RingSizes,
+    /// Conntrack capacity (entries).
+    pub conntrack_capacity: usize,
+    /// Frames each worker can have queued from other workers.
+    pub handoff_depth: usize,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            cores: vec![0],
+            busy_poll: false,
+            frames_per_worker: 16_384,
+            frame_size: 2048,
+            rings: RingSizes::default(),
+            pod_rings: RingSizes {
+                rx: 256,
+                tx: 256,
+                fill: 256,
+                comp: 256,
+            },
+            conntrack_capacity: 262_144,
+            handoff_depth: 1024,
+        }
+    }
+}
+
+/// Why the dataplane could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// AF_XDP socket / UMEM.
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    /// The XDP program.
+    #[error(transparent)]
+    Steer(#[from] SteerError),
+    /// Conntrack memory.
+    #[error(transparent)]
+    Map(#[from] crate::sys::MapError),
+    /// Bad request.
+    #[error("{0}")]
+    Invalid(String),
+    /// A worker did not answer (stuck or gone).
+    #[error("worker {0} did not answer")]
+    WorkerGone(usize),
+    /// Thread creation failed.
+    #[error("spawning worker thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// What all workers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub fib: FibCell,
+    pub ct: Conntrack,
+    pub stop: AtomicBool,
+    pub owners: Box<[AtomicU32]>,
+    pub handoff: Vec<Arc<HandoffQueues>>,
+    pub wakers: Vec<Notifier>,
+    pub sleeping: Vec<AtomicBool>,
+    start: Instant,
+}
+
+impl Shared {
+    /// Seconds since start (conntrack's clock).
+    pub fn now_secs(&self) -> u32 {
+        self.start.elapsed().as_secs() as u32
+    }
+    /// The worker owning `port`'s TX, or `u32::MAX`.
+    pub fn port_owner(&self, port: PortId) -> u32 {
+        self.owners
+            .get(port as usize)
+            .map_or(NONE, |a| a.load(Ordering::Acquire))
+    }
+}
+
+struct WorkerHandle {
+    thread: Option<JoinHandle<()>>,
+    cmds: Sender<Command>,
+    io: Arc<IoCounters>,
+    counters: Arc<Counters>,
+    sockets: usize,
+}
+
+#[derive(Debug, Clone)]
+struct PortState {
+    ifname: String,
+    ifindex: u32,
+    role: PortRole,
+    /// (queue, worker, XSKMAP slot)
+    queues: Vec<(u32, usize, u32)>,
+}
+
+/// One worker's counters.
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    /// Core it is pinned to.
+    pub core: usize,
+    /// I/O counters.
+    pub io: Arc<IoCounters>,
+    /// Pipeline counters.
+    pub pipeline: Arc<Counters>,
+}
+
+/// A port as the dataplane has it wired.
+#[derive(Debug, Clone)]
+pub struct PortInfo {
+    /// Port id.
+    pub id: PortId,
+    /// Interface name.
+    pub ifname: String,
+    /// Role.
+    pub role: PortRole,
+    /// (queue, worker) pairs.
+    pub queues: Vec<(u32, usize)>,
+}
+
+/// The running dataplane.
+pub struct Dataplane {
+    cfg: DataplaneConfig,
+    shared: Arc<Shared>,
+    workers: Vec<WorkerHandle>,
+    steering: Steering,
+    ports: BTreeMap<PortId, PortState>,
+    free_slots: Vec<u32>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("cores", &self.cfg.cores)
+            .field("ports", &self.ports.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Loads the steering program and starts one pinned worker per configured core, forwarding
+    /// with `fib` (no ports yet).
+    pub fn start(cfg: DataplaneConfig, fib: Fib) -> Result<Self, DataplaneError> {
+        if cfg.cores.is_empty() {
+            return Err(DataplaneError::Invalid("no worker cores configured".into()));
+        }
+        let steering = Steering::load()?;
+        let n = cfg.cores.len();
+        let mut wakers = Vec::with_capacity(n);
+        for _ in 0..n {
+            wakers.push(Notifier::new()?);
+        }
+        let shared = Arc::new(Shared {
+            fib: FibCell::new(fib),
+            ct: Conntrack::new(cfg.conntrack_capacity, Timeouts::default())?,
+            stop: AtomicBool::new(false),
+            owners: (0..MAX_PORTS).map(|_| AtomicU32::new(NONE)).collect(),
+            handoff: (0..n)
+                .map(|_| {
+                    Arc::new(HandoffQueues::new(
+                        cfg.handoff_depth,
+                        cfg.frame_size as usize,
+                    ))
+                })
+                .collect(),
+            wakers,
+            sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            start: Instant::now(),
+        });
+        let mut dp = Self {
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            workers: Vec::new(),
+            steering,
+            ports: BTreeMap::new(),
+            free_slots: (0..4096u32).rev().collect(),
+        };
+        for (i, &core) in cfg.cores.iter().enumerate() {
+            let umem = Umem::new(cfg.frames_per_worker, cfg.frame_size)?;
+            let (tx, rx) = mpsc::channel();
+            let io = Arc::new(IoCounters::default());
+            let pipeline = Pipeline::new();
+            let counters = pipeline.counters().clone();
+            let worker = Worker::new(i, umem, shared.clone(), pipeline, io.clone(), rx, cfg.busy_poll);
+            let thread = std::thread::Builder::new()
+                .name(format!("xdpnet-w{i}"))
+                .spawn(move || {
+                    // Pinning fails only for a core this process may not use; the worker then
+                    // runs unpinned (the daemon checked the core list at start).
+                    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    worker.run();
+                })
+                .map_err(DataplaneError::Spawn)?;
+            dp.workers.push(WorkerHandle {
+                thread: Some(thread),
+                cmds: tx,
+                io,
+                counters,
+                sockets: 0,
+            });
+        }
+        Ok(dp)
+    }
+
+    fn ask<T>(&self, w: usize, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, DataplaneError> {
+        let (tx, rx) = mpsc::channel();
+        self.workers[w]
+            .cmds
+            .send(make(tx))
+            .map_err(|_| DataplaneError::WorkerGone(w))?;
+        self.shared.wakers[w].notify();
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| DataplaneError::WorkerGone(w))
+    }
+
+    /// Wires interface `ifname` as port `id`: binds its socket(s) on worker(s), fills the
+    /// program's maps and attaches the program. The table must give `id` its kind before
+    /// traffic is expected on it.
+    pub fn add_port(&mut self, id: PortId, ifname: &str, role: PortRole) -> Result<(), DataplaneError> {
+        if id as usize >= MAX_PORTS {
+            return Err(DataplaneError::Invalid(format!("port id {id} >= {MAX_PORTS}")));
+        }
+        if self.ports.contains_key(&id) {
+            return Err(DataplaneError::Invalid(format!("port id {id} already in use")));
+        }
+        if let Some((pid, _)) = self.ports.iter().find(|(_, p)| p.ifname == ifname) {
+            return Err(DataplaneError::Invalid(format!("{ifname} is already port {pid}")));
+        }
+        let ifindex = if_index(ifname)?;
+        let queues = match role {
+            PortRole::Uplink => crate::sys::xsk::rx_queues(ifname),
+            _ => 1,
+        };
+        let rings = match role {
+            PortRole::Pod => self.cfg.pod_rings,
+            _ => self.cfg.rings,
+        };
+        let mode = match role {
+            PortRole::Uplink => SteerMode::Uplink,
+            _ => SteerMode::All,
+        };
+        let mut st = PortState {
+            ifname: ifname.to_string(),
+            ifindex,
+            role,
+            queues: Vec::new(),
+        };
+        let r = (|| {
+            for q in 0..queues {
+                let w = match role {
+                    PortRole::Uplink => q as usize % self.workers.len(),
+                    _ => (0..self.workers.len())
+                        .min_by_key(|&w| self.workers[w].sockets)
+                        .unwrap_or(0),
+                };
+                let slot = self
+                    .free_slots
+                    .pop()
+                    .ok_or_else(|| DataplaneError::Invalid("all 4096 XSKMAP slots in use".into()))?;
+                let fd = match self.ask(w, |reply| Command::AddSocket {
+                    port: id,
+                    ifindex,
+                    queue: q,
+                    slot,
+                    rings,
+                    reply,
+                }) {
+                    Ok(Ok(fd)) => fd,
+                    Ok(Err(e)) => {
+                        self.free_slots.push(slot);
+                        return Err(e.into());
+                    }
+                    Err(e) => {
+                        self.free_slots.push(slot);
+                        return Err(e);
+                    }
+                };
+                st.queues.push((q, w, slot));
+                self.workers[w].sockets += 1;
+                self.steering.set_socket(slot, fd.as_fd())?;
+                self.steering.set_port(ifindex, q, slot, mode)?;
+            }
+            self.steering.attach(ifindex)?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.unwire(&st);
+            return Err(e);
+        }
+        if let Some(&(_, w, _)) = st.queues.first() {
+            self.shared.owners[id as usize].store(w as u32, Ordering::Release);
+        }
+        self.ports.insert(id, st);
+        Ok(())
+    }
+
+    fn unwire(&mut self, st: &PortState) {
+        self.steering.detach(st.ifindex);
+        for &(q, w, slot) in &st.queues {
+            self.steering.clear_port(st.ifindex, q);
+            self.steering.clear_socket(slot);
+            let _ = self.ask(w, |reply| Command::RemoveSocket { slot, reply });
+            self.workers[w].sockets = self.workers[w].sockets.saturating_sub(1);
+            self.free_slots.push(slot);
+        }
+    }
+
+    /// Unwires port `id` (program detached, sockets closed, frames reclaimed). The table should
+    /// stop using it first. False when there was no such port.
+    pub fn remove_port(&mut self, id: PortId) -> bool {
+        let Some(st) = self.ports.remove(&id) else {
+            return false;
+        };
+        self.shared.owners[id as usize].store(NONE, Ordering::Release);
+        self.unwire(&st);
+        true
+    }
+
+    /// Ports wired now.
+    pub fn ports(&self) -> Vec<PortInfo> {
+        self.ports
+            .iter()
+            .map(|(&id, p)| PortInfo {
+                id,
+                ifname: p.ifname.clone(),
+                role: p.role,
+                queues: p.queues.iter().map(|&(q, w, _)| (q, w)).collect(),
+            })
+            .collect()
+    }
+
+    /// Port id of interface `ifname`, if wired.
+    pub fn port_of(&self, ifname: &str) -> Option<PortId> {
+        self.ports.iter().find(|(_, p)| p.ifname == ifname).map(|(&id, _)| id)
+    }
+
+    /// Publishes a new table to the workers.
+    pub fn publish(&self, fib: Fib) -> Published {
+        self.shared.fib.publish(fib)
+    }
+
+    /// The table the workers use now.
+    pub fn fib(&self) -> Arc<Fib> {
+        self.shared.fib.load_full()
+    }
+
+    /// Conntrack (for GC and inspection).
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.shared.ct
+    }
+
+    /// Conntrack's clock (seconds since start).
+    pub fn now_secs(&self) -> u32 {
+        self.shared.now_secs()
+    }
+
+    /// Sets this node's VTEP for the uplink steering.
+    pub fn set_vtep(&self, addr: Ipv4Addr, port: u16) -> Result<(), DataplaneError> {
+        Ok(self.steering.set_vtep(addr, port)?)
+    }
+
+    /// Makes the uplink steer exactly these service frontends.
+    pub fn set_frontends(&mut self, f: BTreeSet<Frontend>) -> Result<(), DataplaneError> {
+        Ok(self.steering.sync_frontends(f)?)
+    }
+
+    /// The steering program's counters: (to socket, passed, unknown port).
+    pub fn steering_counters(&self) -> [u64; 3] {
+        self.steering.counters()
+    }
+
+    /// Per-worker counters.
+    pub fn workers(&self) -> Vec<WorkerStats> {
+        self.workers
+            .iter()
+            .zip(&self.cfg.cores)
+            .map(|(w, &core)| WorkerStats {
+                core,
+                io: w.io.clone(),
+                pipeline: w.counters.clone(),
+            })
+            .collect()
+    }
+
+    /// Stops the workers, closes every socket, detaches every program.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in &self.shared.wakers {
+            w.notify();
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+        let ifs: Vec<u32> = self.steering.attached().collect();
+        for i in ifs {
+            self.steering.detach(i);
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,570 @@
+//! A worker: one pinned thread, one UMEM, the AF_XDP sockets of the ports it was given.
+//!
+//! Loop: reclaim completions -> refill fill rings -> per socket, receive a batch, run the
+//! pipeline over it (table snapshot loaded once per batch), place every frame: TX ring of the
+//! output socket (same UMEM: no copy), a copy handed to the worker that owns the output port,
+//! or back to the free list -> submit TX rings and kick -> take handed-off frames -> take
+//! commands. In busy mode it spins; in low-CPU mode it sleeps in poll(2) when idle.
+//!
+//! Frame ownership is exact: every chunk of the UMEM is, at any time, free, held by the worker,
+//! in one socket's fill ring (or its RX path), or in one socket's TX path, recorded per chunk
+//! in `owner`. A descriptor the kernel returns for a chunk that is not in the matching state is
+//! counted and ignored, never used; closing a socket returns exactly the chunks it still had.
+//! So no load, drop pattern or port removal leaks frames (`IoCounters::frames_*` prove it).
+//!
+//! Never allocates, logs or blocks while forwarding; commands (add/remove a socket) are rare
+//! control events handled between batches.
+
+use crate::counters::{Counter, Counters};
+use crate::fib::PortId;
+use crate::packet::{HEADROOM, Packet};
+use crate::pipeline::{MAX_BATCH, Pipeline, Verdict};
+use crate::runtime::Shared;
+use crate::sys::xsk::{Poller, RingSizes, Umem, XdpDesc, XskError, XskSocket};
+use arrayvec::ArrayVec;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+
+const FREE: u32 = u32::MAX;
+const HELD: u32 = u32::MAX - 1;
+const TX_BIT: u32 = 0x8000_0000;
+const NONE: u32 = u32::MAX;
+
+/// Per-worker I/O counters and frame gauges (single writer: the worker).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// Frames received from sockets.
+    pub rx: Counter,
+    /// Frames put on TX rings.
+    pub tx: Counter,
+    /// Frames dropped because the output TX ring was full.
+    pub tx_ring_full: Counter,
+    /// Frames copied to another worker's port.
+    pub handoff_out: Counter,
+    /// Frames received from other workers.
+    pub handoff_in: Counter,
+    /// Frames dropped because the other worker's queue was full (or no frame was free for them).
+    pub handoff_drop: Counter,
+    /// Frames whose output port has no socket (port going away).
+    pub no_socket: Counter,
+    /// Descriptors from the kernel that did not match our bookkeeping (never expected).
+    pub bad_desc: Counter,
+    /// Gauge: chunks free.
+    pub frames_free: AtomicU64,
+    /// Gauge: chunks in fill rings / RX paths.
+    pub frames_fill: AtomicU64,
+    /// Gauge: chunks in TX paths.
+    pub frames_tx: AtomicU64,
+    /// Gauge: chunks in the UMEM.
+    pub frames_total: AtomicU64,
+    /// Batches processed.
+    pub batches: Counter,
+}
+
+/// A frame copied to another worker (its output port lives there).
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    pub port: PortId,
+    pub len: u16,
+    pub data: Box<[u8]>,
+}
+
+/// Control -> worker.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Bind a socket on (ifindex, queue) for port `port`; reply with a duplicate of its fd
+    /// (for the XSKMAP).
+    AddSocket {
+        port: PortId,
+        ifindex: u32,
+        queue: u32,
+        slot: u32,
+        rings: RingSizes,
+        reply: Sender<Result<OwnedFd, XskError>>,
+    },
+    /// Close the socket in XSKMAP slot `slot`, reclaiming its frames.
+    RemoveSocket { slot: u32, reply: Sender<()> },
+}
+
+#[derive(Debug)]
+struct Sock {
+    xsk: XskSocket,
+    port: PortId,
+    slot: u32,
+    fill_target: u32,
+    fill_out: u32,
+    tx_out: u32,
+    tx_pending: u32,
+}
+
+/// One worker's state (lives on its thread).
+pub(crate) struct Worker {
+    idx: usize,
+    umem: Umem,
+    owner: Box<[u32]>,
+    free: Vec<u32>,
+    socks: Vec<Option<Sock>>,
+    /// Port id -> index in `socks` of a socket that can transmit on it.
+    local_tx: Vec<u32>,
+    shared: Arc<Shared>,
+    pipeline: Pipeline,
+    io: Arc<IoCounters>,
+    cmds: Receiver<Command>,
+    poller: Poller,
+    poller_dirty: bool,
+    busy: bool,
+    // Scratch, reused every batch.
+    idx_buf: [u32; MAX_BATCH],
+    off_len: [(u32, u32); MAX_BATCH],
+    verdicts: [Verdict; MAX_BATCH],
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("idx", &self.idx).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)] // constructed once, by the runtime
+    pub(crate) fn new(
+        idx: usize,
+        umem: Umem,
+        shared: Arc<Shared>,
+        pipeline: Pipeline,
+        io: Arc<IoCounters>,
+        cmds: Receiver<Command>,
+        busy: bool,
+    ) -> Self {
+        let n = umem.frames();
+        io.frames_total.store(n as u64, Ordering::Relaxed);
+        Self {
+            idx,
+            owner: vec![FREE; n as usize].into_boxed_slice(),
+            free: (0..n).rev().collect(),
+            umem,
+            socks: Vec::new(),
+            local_tx: vec![NONE; crate::runtime::MAX_PORTS],
+            shared,
+            pipeline,
+            io,
+            cmds,
+            poller: Poller::default(),
+            poller_dirty: true,
+            busy,
+            idx_buf: [0; MAX_BATCH],
+            off_len: [(0, 0); MAX_BATCH],
+            verdicts: [Verdict::Drop(crate::counters::DropReason::UnknownPort); MAX_BATCH],
+        }
+    }
+
+    /// Runs until the runtime's stop flag is set; then closes every socket.
+    pub(crate) fn run(mut self) {
+        let mut idle = 0u32;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let mut work = 0usize;
+            for s in 0..self.socks.len() {
+                if self.socks[s].is_some() {
+                    work += self.reclaim(s);
+                    self.refill(s);
+                    work += self.receive(s);
+                }
+            }
+            work += self.take_handoffs();
+            self.flush();
+            self.commands();
+            self.gauges();
+            if work > 0 {
+                idle = 0;
+                continue;
+            }
+            idle = idle.saturating_add(1);
+            if self.busy || idle < 64 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if self.poller_dirty {
+                let wake = self.shared.wakers[self.idx].fd();
+                self.poller.set(
+                    std::iter::once(wake)
+                        .chain(self.socks.iter().flatten().map(|s| s.xsk.fd())),
+                );
+                self.poller_dirty = false;
+            }
+            let tx_out: u32 = self.socks.iter().flatten().map(|s| s.tx_out).sum();
+            self.shared.sleeping[self.idx].store(true, Ordering::SeqCst);
+            if self.shared.handoff[self.idx].inbox.is_empty() {
+                self.poller.wait(if tx_out > 0 { 1 } else { 100 });
+            }
+            self.shared.sleeping[self.idx].store(false, Ordering::SeqCst);
+            self.shared.wakers[self.idx].drain();
+        }
+        let slots: Vec<u32> = self.socks.iter().flatten().map(|s| s.slot).collect();
+        for slot in slots {
+            self.remove_socket(slot);
+        }
+        self.gauges();
+    }
+
+    fn gauges(&self) {
+        let (mut fill, mut tx) = (0u64, 0u64);
+        for s in self.socks.iter().flatten() {
+            fill += s.fill_out as u64;
+            tx += s.tx_out as u64;
+        }
+        self.io.frames_free.store(self.free.len() as u64, Ordering::Relaxed);
+        self.io.frames_fill.store(fill, Ordering::Relaxed);
+        self.io.frames_tx.store(tx, Ordering::Relaxed);
+    }
+
+    /// Completion ring -> free list.
+    fn reclaim(&mut self, s: usize) -> usize {
+        let Some(sock) = self.socks[s].as_mut() else {
+            return 0;
+        };
+        let n = sock.xsk.comp.available();
+        for i in 0..n {
+            let addr = sock.xsk.comp.get(i);
+            match self.umem.locate(addr, 0) {
+                Some((idx, _)) if self.owner[idx as usize] == s as u32 | TX_BIT => {
+                    self.owner[idx as usize] = FREE;
+                    self.free.push(idx);
+                    sock.tx_out -= 1;
+                }
+                _ => self.io.bad_desc.inc(),
+            }
+        }
+        sock.xsk.comp.release(n);
+        n as usize
+    }
+
+    /// Free list -> fill ring, up to the socket's target.
+    fn refill(&mut self, s: usize) {
+        let Some(sock) = self.socks[s].as_mut() else {
+            return;
+        };
+        let want = sock.fill_target.saturating_sub(sock.fill_out);
+        if want < 16.min(sock.fill_target) {
+            return;
+        }
+        let n = want.min(self.free.len() as u32).min(sock.xsk.fill.free());
+        for i in 0..n {
+            let idx = self.free.pop().unwrap_or(0);
+            self.owner[idx as usize] = s as u32;
+            sock.xsk.fill.set(i, self.umem.chunk_addr(idx));
+        }
+        if n > 0 {
+            sock.xsk.fill.submit(n);
+            sock.fill_out += n;
+            if sock.xsk.fill.needs_wakeup() {
+                sock.xsk.wake_rx();
+            }
+        }
+    }
+
+    /// One RX batch from socket `s` through the pipeline.
+    fn receive(&mut self, s: usize) -> usize {
+        let Some(sock) = self.socks[s].as_mut() else {
+            return 0;
+        };
+        let avail = sock.xsk.rx.available().min(MAX_BATCH as u32);
+        if avail == 0 {
+            return 0;
+        }
+        let rx_port = sock.port;
+        let mut n = 0usize;
+        for i in 0..avail {
+            let d: XdpDesc = sock.xsk.rx.get(i);
+            match self.umem.locate(d.addr, d.len) {
+                Some((idx, off)) if self.owner[idx as usize] == s as u32 => {
+                    self.owner[idx as usize] = HELD;
+                    sock.fill_out -= 1;
+                    self.idx_buf[n] = idx;
+                    self.off_len[n] = (off, d.len);
+                    n += 1;
+                }
+                _ => self.io.bad_desc.inc(),
+            }
+        }
+        sock.xsk.rx.release(avail);
+        self.io.rx.add(n as u64);
+        self.io.batches.inc();
+
+        let fib = self.shared.fib.load();
+        let now = self.shared.now_secs();
+        let (pipeline, off_len, verdicts, ct) = (
+            &mut self.pipeline,
+            &mut self.off_len,
+            &mut self.verdicts,
+            &self.shared.ct,
+        );
+        let done = self.umem.chunks_mut(&self.idx_buf[..n], |chunks| {
+            let mut pkts: ArrayVec<Packet<'_>, MAX_BATCH> = ArrayVec::new();
+            for (c, &(off, len)) in chunks.zip(off_len.iter()) {
+                pkts.push(Packet::new(c, off as usize, len as usize));
+            }
+            pipeline.process(&fib, ct, now, rx_port, &mut pkts, &mut verdicts[..n]);
+            for (p, ol) in pkts.iter().zip(off_len.iter_mut()) {
+                *ol = (p.off as u32, p.len as u32);
+            }
+        });
+        if done.is_none() {
+            // Cannot happen: `owner` admitted each chunk once. Count and recycle.
+            self.io.bad_desc.add(n as u64);
+            for i in 0..n {
+                self.release(self.idx_buf[i]);
+            }
+            return n;
+        }
+        for i in 0..n {
+            let idx = self.idx_buf[i];
+            match self.verdicts[i] {
+                Verdict::Tx(port) => {
+                    let (off, len) = self.off_len[i];
+                    self.output(idx, off, len, port);
+                }
+                Verdict::Drop(_) => self.release(idx),
+            }
+        }
+        n
+    }
+
+    fn release(&mut self, idx: u32) {
+        self.owner[idx as usize] = FREE;
+        self.free.push(idx);
+    }
+
+    /// Places held chunk `idx` (data at `off`, `len` bytes) on `port`.
+    fn output(&mut self, idx: u32, off: u32, len: u32, port: PortId) {
+        let t = self.local_tx.get(port as usize).copied().unwrap_or(NONE);
+        if t != NONE {
+            if let Some(sock) = self.socks[t as usize].as_mut() {
+                if sock.tx_pending < sock.xsk.tx.free() {
+                    let addr = self.umem.chunk_addr(idx) + off as u64;
+                    sock.xsk.tx.set(
+                        sock.tx_pending,
+                        XdpDesc {
+                            addr,
+                            len,
+                            options: 0,
+                        },
+                    );
+                    sock.tx_pending += 1;
+                    self.owner[idx as usize] = t | TX_BIT;
+                    self.io.tx.inc();
+                    return;
+                }
+                self.io.tx_ring_full.inc();
+                self.release(idx);
+                return;
+            }
+        }
+        let w = self.shared.port_owner(port);
+        if w == NONE || w as usize == self.idx {
+            self.io.no_socket.inc();
+            self.release(idx);
+            return;
+        }
+        let q = &self.shared.handoff[w as usize];
+        match q.spare.pop() {
+            Some(mut h) if (len as usize) <= h.data.len() => {
+                let chunk = self.umem.chunk_mut(idx);
+                h.data[..len as usize]
+                    .copy_from_slice(&chunk[off as usize..off as usize + len as usize]);
+                h.port = port;
+                h.len = len as u16;
+                match q.inbox.push(h) {
+                    Ok(()) => {
+                        self.io.handoff_out.inc();
+                        if self.shared.sleeping[w as usize].load(Ordering::SeqCst) {
+                            self.shared.wakers[w as usize].notify();
+                        }
+                    }
+                    Err(h) => {
+                        let _ = q.spare.push(h);
+                        self.io.handoff_drop.inc();
+                    }
+                }
+            }
+            Some(h) => {
+                let _ = q.spare.push(h);
+                self.io.handoff_drop.inc();
+            }
+            None => self.io.handoff_drop.inc(),
+        }
+        self.release(idx);
+    }
+
+    /// Frames other workers copied for our ports -> our TX rings.
+    fn take_handoffs(&mut self) -> usize {
+        let q = self.shared.handoff[self.idx].clone();
+        let mut n = 0;
+        while n < MAX_BATCH {
+            let Some(h) = q.inbox.pop() else { break };
+            n += 1;
+            self.io.handoff_in.inc();
+            match self.free.pop() {
+                Some(idx) => {
+                    self.owner[idx as usize] = HELD;
+                    let chunk = self.umem.chunk_mut(idx);
+                    let len = h.len as usize;
+                    chunk[HEADROOM..HEADROOM + len].copy_from_slice(&h.data[..len]);
+                    self.output(idx, HEADROOM as u32, len as u32, h.port);
+                }
+                None => self.io.handoff_drop.inc(),
+            }
+            let _ = q.spare.push(h);
+        }
+        n
+    }
+
+    /// Publishes written TX descriptors and kicks the kernel where it asks for it.
+    fn flush(&mut self) {
+        for sock in self.socks.iter_mut().flatten() {
+            if sock.tx_pending > 0 {
+                sock.xsk.tx.submit(sock.tx_pending);
+                sock.tx_out += sock.tx_pending;
+                sock.tx_pending = 0;
+            }
+            if sock.tx_out > 0 && sock.xsk.tx.needs_wakeup() {
+                // Copy mode sends at most a few dozen frames per kick.
+                for _ in 0..8 {
+                    if !sock.xsk.kick_tx() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(c) = self.cmds.try_recv() {
+            match c {
+                Command::AddSocket {
+                    port,
+                    ifindex,
+                    queue,
+                    slot,
+                    rings,
+                    reply,
+                } => {
+                    let r = self.add_socket(port, ifindex, queue, slot, rings);
+                    let _ = reply.send(r);
+                }
+                Command::RemoveSocket { slot, reply } => {
+                    self.remove_socket(slot);
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn add_socket(
+        &mut self,
+        port: PortId,
+        ifindex: u32,
+        queue: u32,
+        slot: u32,
+        rings: RingSizes,
+    ) -> Result<OwnedFd, XskError> {
+        if port as usize >= self.local_tx.len() {
+            return Err(XskError::Config(format!("port id {port} too large")));
+        }
+        let shared = self.socks.iter().flatten().next().map(|s| s.xsk.fd());
+        let xsk = match XskSocket::bind(&self.umem, shared, ifindex, queue, rings) {
+            Ok(x) => x,
+            // The sharing socket's device may be going away: register the UMEM afresh.
+            Err(_) if shared.is_some() => {
+                XskSocket::bind(&self.umem, None, ifindex, queue, rings)?
+            }
+            Err(e) => return Err(e),
+        };
+        let fd = xsk.fd().try_clone_to_owned().map_err(|e| XskError::Sys {
+            call: "dup (socket fd for the XSKMAP)",
+            source: e,
+        })?;
+        let s = match self.socks.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.socks.push(None);
+                self.socks.len() - 1
+            }
+        };
+        let fill_target = (rings.fill / 2).max(16).min(rings.fill);
+        self.socks[s] = Some(Sock {
+            xsk,
+            port,
+            slot,
+            fill_target,
+            fill_out: 0,
+            tx_out: 0,
+            tx_pending: 0,
+        });
+        if self.local_tx[port as usize] == NONE {
+            self.local_tx[port as usize] = s as u32;
+        }
+        self.refill(s);
+        self.poller_dirty = true;
+        Ok(fd)
+    }
+
+    fn remove_socket(&mut self, slot: u32) {
+        let Some(s) = self.socks.iter().position(|x| x.as_ref().is_some_and(|x| x.slot == slot))
+        else {
+            return;
+        };
+        // Frames still queued towards this socket's TX are abandoned below with the socket;
+        // first publish nothing new to it.
+        let Some(sock) = self.socks[s].take() else {
+            return;
+        };
+        let port = sock.port;
+        drop(sock); // closes the socket: the kernel lets go of every frame it held for it
+        let tag_fill = s as u32;
+        let tag_tx = s as u32 | TX_BIT;
+        for (i, o) in self.owner.iter_mut().enumerate() {
+            if *o == tag_fill || *o == tag_tx {
+                *o = FREE;
+                self.free.push(i as u32);
+            }
+        }
+        if self.local_tx[port as usize] == s as u32 {
+            self.local_tx[port as usize] = self
+                .socks
+                .iter()
+                .position(|x| x.as_ref().is_some_and(|x| x.port == port))
+                .map_or(NONE, |i| i as u32);
+        }
+        self.poller_dirty = true;
+    }
+}
+
+/// A worker's queues for frames from other workers.
+#[derive(Debug)]
+pub(crate) struct HandoffQueues {
+    pub inbox: crossbeam_queue::ArrayQueue<Handoff>,
+    pub spare: crossbeam_queue::ArrayQueue<Handoff>,
+}
+
+impl HandoffQueues {
+    pub(crate) fn new(n: usize, frame: usize) -> Self {
+        let spare = crossbeam_queue::ArrayQueue::new(n);
+        for _ in 0..n {
+            let _ = spare.push(Handoff {
+                port: 0,
+                len: 0,
+                data: vec![0u8; frame].into_boxed_slice(),
+            });
+        }
+        Self {
+            inbox: crossbeam_queue::ArrayQueue::new(n),
+            spare,
+        }
+    }
+}
+
+/// Pipeline counters of a worker, for reports.
+pub type PipelineCounters = Arc<Counters>;
+
