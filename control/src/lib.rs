@@ -1,10 +1,14 @@
 //! xdpnet control plane: cluster-state sources, the table builder driver, the CNI endpoint,
 //! IPAM, metrics and inspection.
 //!
-//! This crate is the control thread's home. The pure table builder it drives lives in
-//! `xdpnet_dataplane::fib::FibBuilder`; sources (file, Kubernetes watches), the CNI endpoint
-//! and metrics arrive with their issues.
+//! This crate is the control thread's home: [`state`] (the cluster objects and the file
+//! source), [`translate`] (objects -> table inputs, pure), [`daemon`] (xdpnetd: drives the
+//! dataplane runtime from a source). The pure table builder it feeds lives in
+//! `xdpnet_dataplane::fib::FibBuilder`.
 
 #![forbid(unsafe_code)]
 
 pub use xdpnet_dataplane as dataplane;
+
+pub mod state;
+pub mod translate;
