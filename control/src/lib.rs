@@ -10,5 +10,6 @@
 
 pub use xdpnet_dataplane as dataplane;
 
+pub mod daemon;
 pub mod state;
 pub mod translate;

@@ -778,6 +778,26 @@ impl FibBuilder {
         had
     }
 
+    /// Addresses of the local endpoints held.
+    pub fn endpoint_ips(&self) -> Vec<Ipv4Addr> {
+        self.endpoints.keys().copied().collect()
+    }
+
+    /// Names of the other nodes held.
+    pub fn remote_names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// Names of the services held.
+    pub fn service_names(&self) -> Vec<String> {
+        self.services.keys().cloned().collect()
+    }
+
+    /// The services held, as given.
+    pub fn service_specs(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.services.values().map(|e| &e.spec)
+    }
+
     /// Number of services.
     pub fn service_count(&self) -> usize {
         self.services.len()
