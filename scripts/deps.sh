@@ -3,8 +3,8 @@
 # everything is present. Debian 12, as root (or with sudo).
 set -euo pipefail
 
-# Debian packages: iproute2 and ethtool for the lab; the libxdp/libbpf build needs the rest.
-pkgs=(iproute2 ethtool m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev)
+# Debian packages: iproute2, ethtool, ping and tcpdump for the lab; the libxdp/libbpf build needs the rest.
+pkgs=(iproute2 ethtool iputils-ping tcpdump m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

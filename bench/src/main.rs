@@ -11,7 +11,15 @@ use anyhow::{Context, Result, bail};
 use std::time::Duration;
 use xdpnet_bench::workload::{Bench, Scenario, Size};
 
-const USAGE: &str = "usage: xdpnet-bench pipeline [--small] [--seconds S]
+mod demo;
+
+const USAGE: &str = "usage: xdpnet-bench <command>
+
+  demo       build a lab (2 nodes x 2 pods, a ClusterIP and a NodePort service), send real
+             traffic through xdpnet, print what worked and the rates, tear it down
+  lab up     build a lab and leave it running   [--nodes N] [--pods M] [--prefix P]
+  lab status show a running lab's daemons        [--prefix P]
+  lab down   remove a lab (processes, namespaces, files)  [--prefix P]
 
   pipeline   run synthetic traffic through the dataplane pipeline in memory (one core) and
              print Mpps and ns/packet per scenario
@@ -25,6 +33,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("pipeline") => pipeline(&args[1..]),
+        Some("demo") => demo::demo(&args[1..]),
+        Some("lab") => demo::lab(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -1,0 +1,249 @@
+//! `xdpnet-bench demo` and `xdpnet-bench lab up|down|status`.
+
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use xdpnet_bench::lab::{self, Lab, LabSpec, POD_PORT};
+
+const DEFAULT_PREFIX: &str = "xnlab";
+
+struct Opts {
+    nodes: usize,
+    pods: usize,
+    prefix: String,
+}
+
+fn opts(args: &[String], prefix: &str) -> Result<Opts> {
+    let mut o = Opts {
+        nodes: 2,
+        pods: 2,
+        prefix: prefix.to_string(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |what: &str| -> Result<usize> {
+            let v = it.next().with_context(|| format!("{what} needs a value"))?;
+            v.parse().with_context(|| format!("{what} {v:?} is not a number"))
+        };
+        match a.as_str() {
+            "--nodes" => o.nodes = num("--nodes")?,
+            "--pods" => o.pods = num("--pods")?,
+            "--prefix" => {
+                o.prefix = it.next().context("--prefix needs a value")?.clone();
+                if o.prefix.is_empty()
+                    || o.prefix.len() > 12
+                    || !o.prefix.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    bail!("--prefix: 1 to 12 letters or digits");
+                }
+            }
+            other => bail!("unknown option {other:?}"),
+        }
+    }
+    Ok(o)
+}
+
+fn root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab creates network namespaces and loads XDP programs: run as root");
+    }
+    Ok(())
+}
+
+/// `lab up|down|status`.
+pub fn lab(args: &[String]) -> Result<()> {
+    root()?;
+    let rest = args.get(1..).unwrap_or_default();
+    match args.first().map(String::as_str) {
+        Some("up") => {
+            let o = opts(rest, DEFAULT_PREFIX)?;
+            let lab = Lab::up(&LabSpec::new(&o.prefix, o.nodes, o.pods))?;
+            println!(
+                "lab {} up: {} nodes, {} pods; state {}; logs in {}",
+                o.prefix,
+                lab.nodes.len(),
+                lab.pods.len(),
+                lab.state_path().display(),
+                lab.dir.display()
+            );
+            for p in &lab.pods {
+                println!("  {} {} (netns {})", p.name, p.ip, p.ns);
+            }
+            println!("remove it with: xdpnet-bench lab down --prefix {}", o.prefix);
+            lab.keep();
+            Ok(())
+        }
+        Some("down") => {
+            let o = opts(rest, DEFAULT_PREFIX)?;
+            let n = lab::teardown(&o.prefix);
+            let _ = std::fs::remove_dir_all(lab::lab_dir(&o.prefix));
+            println!("lab {}: removed {n} namespaces", o.prefix);
+            Ok(())
+        }
+        Some("status") => {
+            let o = opts(rest, DEFAULT_PREFIX)?;
+            let nss = lab::namespaces(&o.prefix);
+            if nss.is_empty() {
+                println!("no lab with prefix {}", o.prefix);
+                return Ok(());
+            }
+            println!("lab {}: {} namespaces", o.prefix, nss.len());
+            let dir = lab::lab_dir(&o.prefix);
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.sort();
+            for f in files.iter().filter(|f| f.to_string_lossy().ends_with(".status.json")) {
+                let s: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(f).unwrap_or_default())
+                        .unwrap_or_default();
+                let w = &s["workers"][0];
+                println!(
+                    "  {}: pid {} generation {} endpoints {} remote nodes {} rx {} tx {} drops {}",
+                    s["node"].as_str().unwrap_or("?"),
+                    s["pid"],
+                    s["generation"],
+                    s["local_endpoints"],
+                    s["remote_nodes"].as_array().map_or(0, Vec::len),
+                    w["rx"],
+                    w["tx"],
+                    w["pipeline"]["drops"]
+                        .as_object()
+                        .map_or(0, |d| d.values().filter_map(|v| v.as_u64()).sum::<u64>())
+                );
+            }
+            Ok(())
+        }
+        _ => bail!("usage: xdpnet-bench lab up|down|status [--nodes N] [--pods M] [--prefix P]"),
+    }
+}
+
+/// The README's demo.
+pub fn demo(args: &[String]) -> Result<()> {
+    root()?;
+    let o = opts(args, "xndemo")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    println!("building the lab: {} nodes x {} pods (namespaces {}-*)", o.nodes, o.pods, o.prefix);
+    let t = Instant::now();
+    let mut lab = Lab::up(&LabSpec::new(&o.prefix, o.nodes, o.pods))?;
+    println!("  up in {:.1?}: one xdpnetd per node, AF_XDP on every port", t.elapsed());
+    lab.serve_all()?;
+    let r = demo_traffic(&lab, &stop);
+    let ok = r.is_ok();
+    if let Err(e) = &r {
+        println!("FAILED: {e:#}");
+        for n in 0..lab.nodes.len() {
+            println!("--- {} log ---\n{}", lab.nodes[n].name, lab.log_tail(n, 15));
+        }
+    }
+    println!("tearing down");
+    lab.down()?;
+    if !ok {
+        bail!("demo failed");
+    }
+    println!("done: nothing left behind");
+    Ok(())
+}
+
+fn check(stop: &AtomicBool) -> Result<()> {
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
+    let a = &lab.pods[0];
+    let same = lab.pods.iter().skip(1).find(|p| p.node == a.node);
+    let other = lab.pods.iter().find(|p| p.node != a.node);
+    let mb = 8 << 20;
+    println!("\ntraffic (each TCP line: {} MiB sent and echoed back, every byte checked)", mb >> 20);
+    if let Some(b) = same {
+        check(stop)?;
+        lab::ping(&a.ns, b.ip, 3)?;
+        let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), mb)?;
+        println!(
+            "  ok  pod->pod same node   {} -> {}: ping, TCP {:.0} Mbit/s",
+            a.name,
+            b.name,
+            rate(&x)
+        );
+    }
+    if let Some(b) = other {
+        check(stop)?;
+        lab::ping(&a.ns, b.ip, 3)?;
+        let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), mb)?;
+        println!(
+            "  ok  pod->pod cross node  {} -> {} (VXLAN): ping, TCP {:.0} Mbit/s",
+            a.name,
+            b.name,
+            rate(&x)
+        );
+    }
+    check(stop)?;
+    let web = &lab.services[0];
+    let vip = SocketAddrV4::new(web.cluster_ip, web.port);
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..40 {
+        let x = lab::tcp_exchange(&a.ns, vip, 1000)?;
+        *seen.entry(x.server).or_default() += 1;
+    }
+    println!("  ok  ClusterIP {vip}: 40 connections from {} spread over {seen:?}", a.name);
+    check(stop)?;
+    let np = &lab.services[1];
+    let node = &lab.nodes[0];
+    let to = SocketAddrV4::new(node.ip, np.node_port.unwrap_or(30080));
+    let x = lab::tcp_exchange(&lab.ext_ns, to, mb)?;
+    println!(
+        "  ok  NodePort {to} from a client off the cluster -> {}: TCP {:.0} Mbit/s",
+        x.server,
+        rate(&x)
+    );
+    check(stop)?;
+    let gw = std::net::SocketAddrV4::new(node.gateway, 9090);
+    let _ = gw;
+    let udp = &lab.services[2];
+    let names = lab::udp_exchange(&a.ns, SocketAddrV4::new(udp.cluster_ip, udp.port), 10)?;
+    println!("  ok  UDP service {}:{}: 10 datagrams answered by {:?}", udp.cluster_ip, udp.port, {
+        let mut n = names.clone();
+        n.sort();
+        n.dedup();
+        n
+    });
+    check(stop)?;
+    println!("\ndataplane counters:");
+    std::thread::sleep(Duration::from_millis(1100));
+    for n in 0..lab.nodes.len() {
+        let s = lab.status(n).context("status")?;
+        let w = &s["workers"][0];
+        let drops: Vec<String> = w["pipeline"]["drops"]
+            .as_object()
+            .map(|d| {
+                d.iter()
+                    .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "  {}: rx {} tx {} encap {} decap {} new flows {} | drops: {}",
+            lab.nodes[n].name,
+            w["rx"],
+            w["tx"],
+            w["pipeline"]["encap"],
+            w["pipeline"]["decap"],
+            w["pipeline"]["new_flows"],
+            if drops.is_empty() { "none".into() } else { drops.join(" ") }
+        );
+    }
+    Ok(())
+}
+
+fn rate(x: &lab::Exchange) -> f64 {
+    (2 * x.bytes) as f64 * 8.0 / x.elapsed.as_secs_f64() / 1e6
+}

@@ -1,0 +1,908 @@
+//! The lab: a whole cluster in network namespaces on this machine.
+//!
+//! Layout for prefix `P` (every name carries it; nothing is created outside these namespaces):
+//! - `P-ul`: the underlay, a bridge `br0` (no address) joining the nodes and the client;
+//! - `P-ext`: a client that is not a node, `eth0` 198.18.0.100/24 on the underlay;
+//! - `P-n<i>` (node i = 1..N): uplink `eth0` 198.18.0.(10+i)/24; host port: veth `xdpnet0`
+//!   (kernel end, the gateway 10.244.i.1/32, routes to the pod and service CIDRs) <->
+//!   `xdpnet0-dp` (dataplane end); pod host ends `xnp<j>`; one `xdpnetd` (its log, status and
+//!   state files in the lab directory);
+//! - `P-n<i>p<j>`: pod j of node i: `eth0` 10.244.i.(10+j)/24, MTU 1450, default route via the
+//!   gateway with a permanent neighbour entry for it, TX checksum offload off — the wiring the
+//!   CNI gives a pod.
+//! Every kernel-stack interface that sends into the dataplane has TX checksum offload off, as
+//! a NIC would deliver complete checksums (veth otherwise hands over CHECKSUM_PARTIAL frames).
+//!
+//! [`Lab`] tears everything down on drop (also on panic); `xdpnet-bench lab down` removes a
+//! lab left running by `lab up`, found by its prefix.
+
+use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The gateway MAC every node's dataplane answers with (the daemon's default).
+pub const GATEWAY_MAC: &str = "02:fe:78:64:70:01";
+/// VXLAN port used in the lab.
+pub const VXLAN_PORT: u16 = 4789;
+/// Port the lab's pods serve TCP and UDP on.
+pub const POD_PORT: u16 = 8080;
+
+/// Runs a command; an error carries its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} (is it installed? make deps)"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args).map(|_| ())
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (sockets it makes stay in `ns`).
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let fd = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns into {path}"))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+/// Namespaces whose names start with `prefix-`.
+pub fn namespaces(prefix: &str) -> Vec<String> {
+    run("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Kills every process in the lab's namespaces and deletes the namespaces.
+pub fn teardown(prefix: &str) -> usize {
+    let nss = namespaces(prefix);
+    for ns in &nss {
+        for sig in [libc_sig::TERM, libc_sig::KILL] {
+            let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+            let pids: Vec<i32> = pids.lines().filter_map(|p| p.trim().parse().ok()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for p in &pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+            }
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3)
+                && !run("ip", &["netns", "pids", ns]).unwrap_or_default().trim().is_empty()
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    for ns in &nss {
+        let _ = ip(&["netns", "del", ns]);
+    }
+    nss.len()
+}
+
+mod libc_sig {
+    pub use nix::sys::signal::Signal::{SIGKILL as KILL, SIGTERM as TERM};
+}
+
+/// A Service in the lab's state.
+#[derive(Debug, Clone)]
+pub struct LabService {
+    /// Name (namespace `lab`).
+    pub name: String,
+    /// ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Service port.
+    pub port: u16,
+    /// "TCP" or "UDP".
+    pub protocol: &'static str,
+    /// NodePort (makes it `type: NodePort`).
+    pub node_port: Option<u16>,
+    /// Backends: indexes into [`Lab::pods`].
+    pub backends: Vec<usize>,
+}
+
+/// One node.
+#[derive(Debug, Clone)]
+pub struct LabNode {
+    /// Node name (`node-<i>`).
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Underlay address.
+    pub ip: Ipv4Addr,
+    /// Gateway (first address of its pod CIDR).
+    pub gateway: Ipv4Addr,
+    /// Status file xdpnetd writes.
+    pub status: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    /// Core its worker is pinned to.
+    pub core: usize,
+}
+
+/// One pod.
+#[derive(Debug, Clone)]
+pub struct LabPod {
+    /// Pod name (`pod-<i>-<j>`).
+    pub name: String,
+    /// Index of its node in [`Lab::nodes`].
+    pub node: usize,
+    /// Its namespace.
+    pub ns: String,
+    /// Its IP.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: String,
+    /// Host-side interface in the node namespace.
+    pub host_if: String,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Name prefix of everything.
+    pub prefix: String,
+    /// Nodes.
+    pub nodes: usize,
+    /// Pods per node.
+    pub pods_per_node: usize,
+    /// Directory holding `xdpnetd`.
+    pub bin_dir: PathBuf,
+    /// Extra xdpnetd arguments.
+    pub daemon_args: Vec<String>,
+}
+
+impl LabSpec {
+    /// `nodes` x `pods` with the binaries next to the running executable.
+    pub fn new(prefix: &str, nodes: usize, pods_per_node: usize) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            nodes,
+            pods_per_node,
+            bin_dir: bin_dir(),
+            daemon_args: Vec::new(),
+        }
+    }
+}
+
+/// Where the workspace's binaries are: `XDPNET_BIN_DIR`, else the running executable's
+/// directory (or its parent, for test executables in `deps/`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDPNET_BIN_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.join("xdpnetd").exists() {
+        dir
+    } else {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    }
+}
+
+/// A running lab. Dropping it tears it down.
+#[derive(Debug)]
+pub struct Lab {
+    /// Prefix.
+    pub prefix: String,
+    /// Lab directory (state, logs, status files).
+    pub dir: PathBuf,
+    /// Underlay namespace.
+    pub underlay_ns: String,
+    /// External client namespace.
+    pub ext_ns: String,
+    /// External client address.
+    pub ext_ip: Ipv4Addr,
+    /// Nodes.
+    pub nodes: Vec<LabNode>,
+    /// Pods.
+    pub pods: Vec<LabPod>,
+    /// Services in the state file.
+    pub services: Vec<LabService>,
+    daemons: Vec<Option<Child>>,
+    servers: Vec<Server>,
+    bin_dir: PathBuf,
+    daemon_args: Vec<String>,
+    keep: bool,
+}
+
+/// The lab directory for a prefix.
+pub fn lab_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("xdpnet-lab-{prefix}"))
+}
+
+impl Lab {
+    /// Builds the lab, writes the state (with [`Lab::default_services`]), starts one xdpnetd
+    /// per node and waits until every daemon has its pods and peers. On error everything made
+    /// so far is removed.
+    pub fn up(spec: &LabSpec) -> Result<Lab> {
+        if spec.nodes == 0 || spec.nodes > 200 || spec.pods_per_node > 200 {
+            bail!("lab size: 1..200 nodes, 0..200 pods per node");
+        }
+        if !namespaces(&spec.prefix).is_empty() {
+            bail!(
+                "a lab with prefix {:?} exists already (xdpnet-bench lab down --prefix {})",
+                spec.prefix,
+                spec.prefix
+            );
+        }
+        let xdpnetd = spec.bin_dir.join("xdpnetd");
+        if !xdpnetd.exists() {
+            bail!(
+                "{} not found (build it: cargo build --bins, or set XDPNET_BIN_DIR)",
+                xdpnetd.display()
+            );
+        }
+        let dir = lab_dir(&spec.prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let p = &spec.prefix;
+        let mut lab = Lab {
+            prefix: p.clone(),
+            dir: dir.clone(),
+            underlay_ns: format!("{p}-ul"),
+            ext_ns: format!("{p}-ext"),
+            ext_ip: Ipv4Addr::new(198, 18, 0, 100),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            services: Vec::new(),
+            daemons: Vec::new(),
+            servers: Vec::new(),
+            bin_dir: spec.bin_dir.clone(),
+            daemon_args: spec.daemon_args.clone(),
+            keep: false,
+        };
+        for i in 1..=spec.nodes {
+            let name = format!("node-{i}");
+            lab.nodes.push(LabNode {
+                ns: format!("{p}-n{i}"),
+                ip: Ipv4Addr::new(198, 18, 0, 10 + i as u8),
+                gateway: Ipv4Addr::new(10, 244, i as u8, 1),
+                status: dir.join(format!("{name}.status.json")),
+                log: dir.join(format!("{name}.log")),
+                core: (i - 1) % ncpu,
+                name,
+            });
+            for j in 0..spec.pods_per_node {
+                lab.pods.push(LabPod {
+                    name: format!("pod-{i}-{j}"),
+                    node: i - 1,
+                    ns: format!("{p}-n{i}p{j}"),
+                    ip: Ipv4Addr::new(10, 244, i as u8, 10 + j as u8),
+                    mac: format!("02:00:0a:f4:{i:02x}:{:02x}", 10 + j),
+                    host_if: format!("xnp{j}"),
+                });
+            }
+        }
+        lab.services = lab.default_services();
+        lab.wire()?;
+        lab.write_state()?;
+        for n in 0..lab.nodes.len() {
+            lab.start_daemon(n)?;
+        }
+        lab.wait_ready(Duration::from_secs(30))?;
+        Ok(lab)
+    }
+
+    /// A ClusterIP service `web` (10.96.0.10:80/TCP) and a NodePort service `web-np`
+    /// (10.96.0.11:80, nodePort 30080) over every pod's port 8080, and a UDP service `echo-udp`
+    /// (10.96.0.12:53/UDP) over every pod's UDP 8080.
+    pub fn default_services(&self) -> Vec<LabService> {
+        let all: Vec<usize> = (0..self.pods.len()).collect();
+        vec![
+            LabService {
+                name: "web".into(),
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                protocol: "TCP",
+                node_port: None,
+                backends: all.clone(),
+            },
+            LabService {
+                name: "web-np".into(),
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
+                port: 80,
+                protocol: "TCP",
+                node_port: Some(30080),
+                backends: all.clone(),
+            },
+            LabService {
+                name: "echo-udp".into(),
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 12),
+                port: 53,
+                protocol: "UDP",
+                node_port: None,
+                backends: all,
+            },
+        ]
+    }
+
+    fn wire(&mut self) -> Result<()> {
+        let ul = self.underlay_ns.clone();
+        ip(&["netns", "add", &ul])?;
+        ip(&["-n", &ul, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &ul, "link", "set", "br0", "up"])?;
+        let ext = self.ext_ns.clone();
+        ip(&["netns", "add", &ext])?;
+        ip(&["-n", &ext, "link", "set", "lo", "up"])?;
+        self.uplink(&ext, "ext", self.ext_ip)?;
+        for n in self.nodes.clone() {
+            let i = n.name.trim_start_matches("node-").to_string();
+            ip(&["netns", "add", &n.ns])?;
+            ip(&["-n", &n.ns, "link", "set", "lo", "up"])?;
+            self.uplink(&n.ns, &format!("n{i}"), n.ip)?;
+            ip(&["-n", &n.ns, "link", "add", "xdpnet0", "type", "veth", "peer", "name", "xdpnet0-dp"])?;
+            ip(&["-n", &n.ns, "addr", "add", &format!("{}/32", n.gateway), "dev", "xdpnet0"])?;
+            ip(&["-n", &n.ns, "link", "set", "xdpnet0-dp", "up"])?;
+            ip(&["-n", &n.ns, "link", "set", "xdpnet0", "up"])?;
+            tx_off(&n.ns, "xdpnet0")?;
+            let src = n.gateway.to_string();
+            ip(&["-n", &n.ns, "route", "add", "10.244.0.0/16", "dev", "xdpnet0", "src", &src])?;
+            ip(&["-n", &n.ns, "route", "add", "10.96.0.0/12", "dev", "xdpnet0", "src", &src])?;
+        }
+        for p in self.pods.clone() {
+            let node = &self.nodes[p.node];
+            ip(&["netns", "add", &p.ns])?;
+            ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n", &node.ns, "link", "add", &p.host_if, "mtu", "1450", "type", "veth", "peer",
+                "name", "eth0", "netns", &p.ns,
+            ])?;
+            ip(&["-n", &p.ns, "link", "set", "eth0", "address", &p.mac, "mtu", "1450", "up"])?;
+            ip(&["-n", &p.ns, "addr", "add", &format!("{}/24", p.ip), "dev", "eth0"])?;
+            tx_off(&p.ns, "eth0")?;
+            let gw = node.gateway.to_string();
+            ip(&["-n", &p.ns, "neigh", "replace", &gw, "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent"])?;
+            ip(&["-n", &p.ns, "route", "add", "default", "via", &gw, "dev", "eth0"])?;
+            ip(&["-n", &node.ns, "link", "set", &p.host_if, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Veth `eth0` in `ns` with `addr`/24, peer `peer` on the underlay bridge.
+    fn uplink(&self, ns: &str, peer: &str, addr: Ipv4Addr) -> Result<()> {
+        let ul = &self.underlay_ns;
+        ip(&["-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", ul])?;
+        ip(&["-n", ul, "link", "set", peer, "master", "br0", "up"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        tx_off(ns, "eth0")
+    }
+
+    /// Writes the cluster-state file the daemons read (they reload it on change).
+    pub fn write_state(&self) -> Result<()> {
+        let mut y = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nspec:\n  podCIDR: 10.244.{}.0/24\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {}}}\n",
+                n.name,
+                i + 1,
+                n.ip
+            );
+        }
+        for p in &self.pods {
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: lab\n  annotations:\n    xdpnet.io/interface: {}\n    xdpnet.io/mac: \"{}\"\nspec:\n  nodeName: {}\n  containers: []\nstatus:\n  phase: Running\n  podIP: {}\n",
+                p.name, p.host_if, p.mac, self.nodes[p.node].name, p.ip
+            );
+        }
+        for s in &self.services {
+            let ty = if s.node_port.is_some() { "NodePort" } else { "ClusterIP" };
+            let np = s.node_port.map(|p| format!(", nodePort: {p}")).unwrap_or_default();
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: lab\nspec:\n  type: {ty}\n  clusterIP: {}\n  ports:\n  - {{name: p, port: {}, targetPort: {POD_PORT}, protocol: {}{np}}}\n",
+                s.name, s.cluster_ip, s.port, s.protocol
+            );
+            let _ = write!(
+                y,
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-1\n  namespace: lab\n  labels: {{kubernetes.io/service-name: {}}}\naddressType: IPv4\nports: [{{name: p, port: {POD_PORT}, protocol: {}}}]\nendpoints:\n",
+                s.name, s.name, s.protocol
+            );
+            for &b in &s.backends {
+                let p = &self.pods[b];
+                let _ = writeln!(
+                    y,
+                    "- {{addresses: [{}], conditions: {{ready: true}}, nodeName: {}}}",
+                    p.ip, self.nodes[p.node].name
+                );
+            }
+        }
+        let path = self.state_path();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, y)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// The cluster-state file.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("cluster.yaml")
+    }
+
+    /// Starts (or restarts) node `n`'s daemon.
+    pub fn start_daemon(&mut self, n: usize) -> Result<()> {
+        let node = self.nodes[n].clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let xdpnetd = self.bin_dir.join("xdpnetd");
+        let state = self.state_path();
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            node.ns.clone(),
+            xdpnetd.to_string_lossy().into_owned(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--state".into(),
+            state.to_string_lossy().into_owned(),
+            "--uplink".into(),
+            "eth0".into(),
+            "--cores".into(),
+            node.core.to_string(),
+            "--status-file".into(),
+            node.status.to_string_lossy().into_owned(),
+            "--frames".into(),
+            "4096".into(),
+        ];
+        args.extend(self.daemon_args.iter().cloned());
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting xdpnetd")?;
+        if self.daemons.len() <= n {
+            self.daemons.resize_with(n + 1, || None);
+        }
+        self.daemons[n] = Some(child);
+        Ok(())
+    }
+
+    /// Sends `sig` to node `n`'s daemon and waits for it to exit.
+    pub fn stop_daemon(&mut self, n: usize, sig: nix::sys::signal::Signal) -> Result<()> {
+        if let Some(mut c) = self.daemons.get_mut(n).and_then(Option::take) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+            let t = Instant::now();
+            loop {
+                if c.try_wait()?.is_some() {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    bail!("xdpnetd of {} did not exit on {sig:?}", self.nodes[n].name);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `n`'s daemon status (None when it has not written one).
+    pub fn status(&self, n: usize) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.nodes[n].status).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The tail of node `n`'s log.
+    pub fn log_tail(&self, n: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[n].log).unwrap_or_default();
+        let v: Vec<&str> = text.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn ready(&self, n: usize) -> bool {
+        let pods = self.pods.iter().filter(|p| p.node == n).count() as u64;
+        self.status(n).is_some_and(|s| {
+            s["local_endpoints"].as_u64() == Some(pods)
+                && s["remote_nodes"].as_array().map(Vec::len) == Some(self.nodes.len() - 1)
+        })
+    }
+
+    /// Waits until every daemon reports its pods and peers.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let t = Instant::now();
+        for n in 0..self.nodes.len() {
+            while !self.ready(n) {
+                if t.elapsed() > timeout {
+                    bail!(
+                        "{} not ready after {timeout:?}; log:\n{}",
+                        self.nodes[n].name,
+                        self.log_tail(n, 30)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until node `n`'s daemon publishes a table generation above `after`.
+    pub fn wait_generation(&self, n: usize, after: u64, timeout: Duration) -> Result<u64> {
+        let t = Instant::now();
+        loop {
+            let g = self
+                .status(n)
+                .and_then(|s| s["generation"].as_u64())
+                .unwrap_or(0);
+            if g > after {
+                return Ok(g);
+            }
+            if t.elapsed() > timeout {
+                bail!("{}: no table after generation {after}", self.nodes[n].name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the pod servers: in every pod, TCP and UDP on [`POD_PORT`].
+    pub fn serve_all(&mut self) -> Result<()> {
+        for p in self.pods.clone() {
+            self.servers.push(Server::start(&p.ns, &p.name, POD_PORT)?);
+        }
+        Ok(())
+    }
+
+    /// Starts a server in namespace `ns` answering as `name` on `port` (TCP and UDP).
+    pub fn serve(&mut self, ns: &str, name: &str, port: u16) -> Result<()> {
+        self.servers.push(Server::start(ns, name, port)?);
+        Ok(())
+    }
+
+    /// Keeps the lab running after this value drops (for `lab up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+        for c in self.daemons.iter_mut().flatten() {
+            // Detached: the daemons outlive this process; `lab down` stops them.
+            let _ = c.id();
+        }
+        self.daemons.clear();
+    }
+
+    /// Stops servers and daemons, deletes every namespace and the lab directory.
+    pub fn down(mut self) -> Result<()> {
+        self.teardown();
+        if !namespaces(&self.prefix).is_empty() {
+            bail!("namespaces of {} left behind", self.prefix);
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self) {
+        for s in &mut self.servers {
+            s.stop();
+        }
+        self.servers.clear();
+        for n in 0..self.daemons.len() {
+            let _ = self.stop_daemon(n, nix::sys::signal::Signal::SIGTERM);
+        }
+        teardown(&self.prefix);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.teardown();
+        }
+    }
+}
+
+/// Turns TX checksum offload off on `ifname` in `ns`.
+fn tx_off(ns: &str, ifname: &str) -> Result<()> {
+    run("ip", &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"]).map(|_| ())
+}
+
+/// A pod's server: TCP (first line = its name, then echoes until EOF) and UDP (answers every
+/// datagram with its name, a space, and the datagram).
+#[derive(Debug)]
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts serving in `ns` on `port`.
+    pub fn start(ns: &str, name: &str, port: u16) -> Result<Server> {
+        let (tcp, udp) = in_ns(ns, move || -> std::io::Result<(TcpListener, UdpSocket)> {
+            Ok((
+                TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?,
+                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?,
+            ))
+        })?
+        .with_context(|| format!("binding port {port} in {ns}"))?;
+        tcp.set_nonblocking(true)?;
+        udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (st, n) = (stop.clone(), name.to_string());
+        threads.push(std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut c, _)) => {
+                        let n = n.clone();
+                        std::thread::spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                            if c.write_all(format!("{n}\n").as_bytes()).is_err() {
+                                return;
+                            }
+                            let mut buf = vec![0u8; 65536];
+                            while let Ok(k) = c.read(&mut buf) {
+                                if k == 0 || c.write_all(&buf[..k]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }));
+        let (st, n) = (stop.clone(), name.to_string());
+        threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((k, from)) = udp.recv_from(&mut buf) {
+                    let mut out = format!("{n} ").into_bytes();
+                    out.extend_from_slice(&buf[..k]);
+                    let _ = udp.send_to(&out, from);
+                }
+            }
+        }));
+        Ok(Server { stop, threads })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Result of one TCP exchange with a lab server.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The server's name (who answered).
+    pub server: String,
+    /// The address connected to, as the client saw it.
+    pub peer: SocketAddr,
+    /// Bytes sent and verified echoed back.
+    pub bytes: usize,
+    /// Wall time of the transfer.
+    pub elapsed: Duration,
+}
+
+/// Deterministic payload: byte i of stream `seed`.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// From namespace `ns`: connects to `to`, reads the server's name, sends `bytes` bytes of a
+/// pattern while reading them back, and checks every byte. Fails on any mismatch or timeout.
+pub fn tcp_exchange(ns: &str, to: SocketAddrV4, bytes: usize) -> Result<Exchange> {
+    in_ns(ns, move || -> Result<Exchange> {
+        let t = Instant::now();
+        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+            .with_context(|| format!("connect to {to}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let peer = s.peer_addr()?;
+        let mut name = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            s.read_exact(&mut b).with_context(|| format!("reading the server name from {to}"))?;
+            if b[0] == b'\n' {
+                break;
+            }
+            name.push(b[0]);
+            if name.len() > 64 {
+                bail!("{to}: no name line");
+            }
+        }
+        let data = pattern(t.elapsed().as_nanos() as u64 ^ bytes as u64, bytes);
+        let mut w = s.try_clone()?;
+        let tx = data.clone();
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            for c in tx.chunks(16 * 1024) {
+                w.write_all(c)?;
+            }
+            w.shutdown(std::net::Shutdown::Write)
+        });
+        let mut got = Vec::with_capacity(bytes);
+        s.read_to_end(&mut got).with_context(|| format!("reading the echo from {to}"))?;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?
+            .with_context(|| format!("sending to {to}"))?;
+        if got.len() != data.len() {
+            bail!("{to}: echoed {} of {} bytes", got.len(), data.len());
+        }
+        if let Some(i) = got.iter().zip(&data).position(|(a, b)| a != b) {
+            bail!("{to}: echoed byte {i} differs");
+        }
+        Ok(Exchange {
+            server: String::from_utf8_lossy(&name).into_owned(),
+            peer,
+            bytes,
+            elapsed: t.elapsed(),
+        })
+    })?
+}
+
+/// From namespace `ns`: sends `n` datagrams to `to` and returns the names of the answerers
+/// (the reply's source must be `to`; every payload is checked).
+pub fn udp_exchange(ns: &str, to: SocketAddrV4, n: usize) -> Result<Vec<String>> {
+    in_ns(ns, move || -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for i in 0..n {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let msg = format!("xdpnet-udp-{i}");
+            s.send_to(msg.as_bytes(), to)?;
+            let mut buf = [0u8; 256];
+            let (k, from) = s
+                .recv_from(&mut buf)
+                .with_context(|| format!("no UDP answer from {to} to datagram {i}"))?;
+            if from != SocketAddr::V4(to) {
+                bail!("UDP answer from {from}, expected {to}");
+            }
+            let text = String::from_utf8_lossy(&buf[..k]).into_owned();
+            let (name, echo) = text.split_once(' ').unwrap_or(("", ""));
+            if echo != msg {
+                bail!("UDP echo {echo:?} != {msg:?}");
+            }
+            names.push(name.to_string());
+        }
+        Ok(names)
+    })?
+}
+
+/// `ping -c count` from `ns`.
+pub fn ping(ns: &str, to: Ipv4Addr, count: u32) -> Result<()> {
+    run(
+        "ip",
+        &["netns", "exec", ns, "ping", "-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2", &to.to_string()],
+    )
+    .map(|_| ())
+}
+
+/// A packet capture (tcpdump) on an interface of a lab namespace.
+#[derive(Debug)]
+pub struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing on `ifname` in `ns` into `file`.
+    pub fn start(ns: &str, ifname: &str, file: &Path) -> Result<Capture> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "-s", "256", "-w"])
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tcpdump (make deps installs it)")?;
+        let mut c = Capture {
+            child,
+            file: file.to_path_buf(),
+        };
+        // tcpdump says "listening on" once the capture is live.
+        let mut err = c.child.stderr.take().context("tcpdump stderr")?;
+        let mut seen = Vec::new();
+        let t = Instant::now();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("listening on") {
+            if t.elapsed() > Duration::from_secs(5) {
+                bail!("tcpdump did not start: {}", String::from_utf8_lossy(&seen));
+            }
+            let k = err.read(&mut b)?;
+            if k == 0 {
+                bail!("tcpdump exited: {}", String::from_utf8_lossy(&seen));
+            }
+            seen.extend_from_slice(&b[..k]);
+        }
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = err.read_to_end(&mut sink);
+        });
+        Ok(c)
+    }
+
+    /// Stops the capture and returns the frames (Ethernet, truncated to 256 bytes).
+    pub fn stop(mut self) -> Result<Vec<Vec<u8>>> {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+        let data = std::fs::read(&self.file)?;
+        parse_pcap(&data)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Frames of a classic pcap file (either byte order).
+pub fn parse_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
+    if data.len() < 24 {
+        bail!("pcap too short");
+    }
+    let magic = u32::from_le_bytes(data[0..4].try_into()?);
+    let le = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        _ => bail!("not a pcap file"),
+    };
+    let rd = |b: &[u8]| {
+        let a: [u8; 4] = b.try_into().unwrap_or([0; 4]);
+        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+    };
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let incl = rd(&data[off + 8..off + 12]) as usize;
+        off += 16;
+        if off + incl > data.len() {
+            break;
+        }
+        out.push(data[off..off + incl].to_vec());
+        off += incl;
+    }
+    Ok(out)
+}
