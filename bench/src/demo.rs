@@ -205,8 +205,6 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         rate(&x)
     );
     check(stop)?;
-    let gw = std::net::SocketAddrV4::new(node.gateway, 9090);
-    let _ = gw;
     let udp = &lab.services[2];
     let names = lab::udp_exchange(&a.ns, SocketAddrV4::new(udp.cluster_ip, udp.port), 10)?;
     println!("  ok  UDP service {}:{}: 10 datagrams answered by {:?}", udp.cluster_ip, udp.port, {
@@ -215,6 +213,22 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         n.dedup();
         n
     });
+    check(stop)?;
+    if let Some(b) = other {
+        let sink = lab::UdpSink::start(&b.ns, 9000)?;
+        let secs = 2.0;
+        let sent = lab::udp_blast(&a.ns, SocketAddrV4::new(b.ip, 9000), 64, secs)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let (got, _) = sink.finish();
+        println!(
+            "  ok  UDP flood {} -> {} (64-byte payloads, one kernel socket, {secs} s): sent {:.0} kpps, delivered {:.0} kpps ({:.1} % lost: the sender outruns the debug-free path of the receiver's kernel or ours; see BENCHMARKS.md)",
+            a.name,
+            b.name,
+            sent as f64 / secs / 1e3,
+            got as f64 / secs / 1e3,
+            100.0 * (sent.saturating_sub(got)) as f64 / sent.max(1) as f64
+        );
+    }
     check(stop)?;
     println!("\ndataplane counters:");
     std::thread::sleep(Duration::from_millis(1100));

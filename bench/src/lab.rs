@@ -826,7 +826,7 @@ impl Capture {
     /// Starts capturing on `ifname` in `ns` into `file`.
     pub fn start(ns: &str, ifname: &str, file: &Path) -> Result<Capture> {
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "-s", "256", "-w"])
+            .args(["netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "-s", "0", "-w"])
             .arg(file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -858,7 +858,7 @@ impl Capture {
         Ok(c)
     }
 
-    /// Stops the capture and returns the frames (Ethernet, truncated to 256 bytes).
+    /// Stops the capture and returns the frames (whole Ethernet frames).
     pub fn stop(mut self) -> Result<Vec<Vec<u8>>> {
         std::thread::sleep(Duration::from_millis(200));
         let _ = nix::sys::signal::kill(
@@ -905,4 +905,72 @@ pub fn parse_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
         off += incl;
     }
     Ok(out)
+}
+
+/// A UDP sink in a lab namespace: counts datagrams and bytes.
+#[derive(Debug)]
+pub struct UdpSink {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl UdpSink {
+    /// Starts counting what arrives on `port` in `ns`.
+    pub fn start(ns: &str, port: u16) -> Result<UdpSink> {
+        let s = in_ns(ns, move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))?
+            .with_context(|| format!("binding UDP {port} in {ns}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut n, mut bytes) = (0u64, 0u64);
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok(k) = s.recv(&mut buf) {
+                    n += 1;
+                    bytes += k as u64;
+                }
+            }
+            (n, bytes)
+        });
+        Ok(UdpSink {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns (datagrams, bytes).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or((0, 0))
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// From `ns`, sends `payload`-byte datagrams to `to` as fast as one socket can for `secs`;
+/// returns how many were sent.
+pub fn udp_blast(ns: &str, to: SocketAddrV4, payload: usize, secs: f64) -> Result<u64> {
+    in_ns(ns, move || -> Result<u64> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(to)?;
+        let buf = vec![0x5au8; payload];
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed().as_secs_f64() < secs {
+            for _ in 0..64 {
+                if s.send(&buf).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    })?
 }

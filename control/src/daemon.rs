@@ -318,6 +318,8 @@ impl Daemon {
                     "handoff_out": io.handoff_out.get(), "handoff_in": io.handoff_in.get(),
                     "handoff_drop": io.handoff_drop.get(), "no_socket": io.no_socket.get(),
                     "bad_desc": io.bad_desc.get(), "batches": io.batches.get(),
+                    "kernel": {"rx_dropped": g(&io.xsk_rx_dropped), "rx_ring_full": g(&io.xsk_rx_ring_full),
+                               "fill_ring_empty": g(&io.xsk_fill_empty), "invalid_descs": g(&io.xsk_invalid)},
                     "frames": {"total": g(&io.frames_total), "free": g(&io.frames_free),
                                "fill": g(&io.frames_fill), "tx": g(&io.frames_tx)},
                     "pipeline": {

@@ -61,6 +61,15 @@ pub struct IoCounters {
     pub frames_total: AtomicU64,
     /// Batches processed.
     pub batches: Counter,
+    /// Kernel (XDP_STATISTICS, summed over this worker's open sockets, refreshed about once a
+    /// second): frames the kernel dropped for lack of room or size.
+    pub xsk_rx_dropped: AtomicU64,
+    /// Kernel: RX ring was full.
+    pub xsk_rx_ring_full: AtomicU64,
+    /// Kernel: fill ring was empty when a frame arrived.
+    pub xsk_fill_empty: AtomicU64,
+    /// Kernel: invalid RX/TX descriptors.
+    pub xsk_invalid: AtomicU64,
 }
 
 /// A frame copied to another worker (its output port lives there).
@@ -163,7 +172,12 @@ impl Worker {
     /// Runs until the runtime's stop flag is set; then closes every socket.
     pub(crate) fn run(mut self) {
         let mut idle = 0u32;
+        let mut stats_at = std::time::Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
+            if stats_at.elapsed() >= std::time::Duration::from_millis(500) {
+                stats_at = std::time::Instant::now();
+                self.kernel_stats();
+            }
             let mut work = 0usize;
             for s in 0..self.socks.len() {
                 if self.socks[s].is_some() {
@@ -206,6 +220,22 @@ impl Worker {
             self.remove_socket(slot);
         }
         self.gauges();
+    }
+
+    fn kernel_stats(&self) {
+        let (mut d, mut full, mut empty, mut inv) = (0, 0, 0, 0);
+        for s in self.socks.iter().flatten() {
+            if let Ok(st) = s.xsk.stats() {
+                d += st.rx_dropped;
+                full += st.rx_ring_full;
+                empty += st.rx_fill_ring_empty_descs;
+                inv += st.rx_invalid_descs + st.tx_invalid_descs;
+            }
+        }
+        self.io.xsk_rx_dropped.store(d, Ordering::Relaxed);
+        self.io.xsk_rx_ring_full.store(full, Ordering::Relaxed);
+        self.io.xsk_fill_empty.store(empty, Ordering::Relaxed);
+        self.io.xsk_invalid.store(inv, Ordering::Relaxed);
     }
 
     fn gauges(&self) {
@@ -492,7 +522,7 @@ impl Worker {
                 self.socks.len() - 1
             }
         };
-        let fill_target = (rings.fill / 2).max(16).min(rings.fill);
+        let fill_target = rings.fill;
         self.socks[s] = Some(Sock {
             xsk,
             port,

@@ -1,0 +1,297 @@
+//! End-to-end: the real `xdpnetd` (one per lab node) forwarding real traffic between network
+//! namespaces over AF_XDP, built by the lab library. Needs root, iproute2, ethtool, ping and
+//! tcpdump (`make deps`). Each test builds its own lab under its own prefix and removes it
+//! whether it passes or fails (the lab's Drop); tests run one at a time (they share the cores).
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use xdpnet_bench::lab::{self, Capture, Lab, LabSpec, POD_PORT};
+use xdpnet_e2e::{Underlay, classify};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn prefix(name: &str) -> String {
+    format!("e{}{name}", std::process::id() % 10_000)
+}
+
+/// Runs `f` on a fresh 2 x 2 lab with servers in every pod; checks afterwards that nothing of
+/// the lab is left, whatever `f` did.
+fn with_lab(name: &str, f: impl FnOnce(&mut Lab) -> Result<()>) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests need root (namespaces, XDP)"
+    );
+    let p = prefix(name);
+    let r = (|| -> Result<()> {
+        let mut lab = Lab::up(&LabSpec::new(&p, 2, 2))?;
+        lab.serve_all()?;
+        let r = f(&mut lab);
+        if r.is_err() {
+            for n in 0..lab.nodes.len() {
+                eprintln!("--- {} ---\n{}", lab.nodes[n].name, lab.log_tail(n, 40));
+            }
+        }
+        lab.down()?;
+        r
+    })();
+    assert!(lab::namespaces(&p).is_empty(), "namespaces of {p} left behind");
+    assert!(!lab::lab_dir(&p).exists(), "lab directory of {p} left behind");
+    if let Err(e) = r {
+        panic!("{name}: {e:#}");
+    }
+}
+
+fn status(lab: &Lab, n: usize) -> serde_json::Value {
+    lab.status(n).unwrap_or_default()
+}
+
+/// Waits for the next status write (once a second) so counters are current.
+fn fresh_status(lab: &Lab, n: usize) -> serde_json::Value {
+    std::thread::sleep(Duration::from_millis(1200));
+    status(lab, n)
+}
+
+/// Every UMEM frame is accounted for: free + fill + TX = total, and no bad descriptors.
+fn frames_accounted(s: &serde_json::Value) {
+    for w in s["workers"].as_array().expect("workers") {
+        let f = &w["frames"];
+        let total = f["total"].as_u64().expect("total");
+        let sum = f["free"].as_u64().unwrap_or(0) + f["fill"].as_u64().unwrap_or(0) + f["tx"].as_u64().unwrap_or(0);
+        assert_eq!(sum, total, "frames not accounted for: {f}");
+        assert_eq!(w["bad_desc"], 0, "bad descriptors: {w}");
+    }
+}
+
+fn xdp_attached(ns: &str, ifname: &str) -> bool {
+    lab::run("ip", &["-n", ns, "link", "show", ifname])
+        .map(|o| o.contains("prog/xdp"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
+    with_lab("pp", |lab| {
+        let (a, b, c) = (lab.pods[0].clone(), lab.pods[1].clone(), lab.pods[2].clone());
+        assert_eq!((a.node, b.node, c.node), (0, 0, 1));
+        let cap_file = lab.dir.join("underlay.pcap");
+        let cap = Capture::start(&lab.underlay_ns, "br0", &cap_file)?;
+
+        // Same node.
+        lab::ping(&a.ns, b.ip, 3)?;
+        let names = lab::udp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 5)?;
+        assert!(names.iter().all(|n| *n == b.name), "{names:?}");
+        let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 4 << 20)?;
+        assert_eq!(x.server, b.name);
+        let x = lab::tcp_exchange(&b.ns, SocketAddrV4::new(a.ip, POD_PORT), 4 << 20)?;
+        assert_eq!(x.server, a.name);
+
+        // Across nodes, both directions.
+        lab::ping(&a.ns, c.ip, 3)?;
+        lab::ping(&c.ns, a.ip, 3)?;
+        let names = lab::udp_exchange(&c.ns, SocketAddrV4::new(a.ip, POD_PORT), 5)?;
+        assert!(names.iter().all(|n| *n == a.name), "{names:?}");
+        let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(c.ip, POD_PORT), 4 << 20)?;
+        assert_eq!(x.server, c.name);
+        assert_eq!(x.peer, std::net::SocketAddr::V4(SocketAddrV4::new(c.ip, POD_PORT)));
+        let x = lab::tcp_exchange(&c.ns, SocketAddrV4::new(a.ip, POD_PORT), 4 << 20)?;
+        assert_eq!(x.server, a.name);
+
+        // The underlay saw VXLAN with our VNI between the node addresses, carrying the pods'
+        // packets, and never a pod address in the clear.
+        let frames = cap.stop()?;
+        let (n1, n2) = (lab.nodes[0].ip, lab.nodes[1].ip);
+        let mut vxlan = 0usize;
+        let mut pairs = BTreeSet::new();
+        for f in &frames {
+            match classify(f, lab::VXLAN_PORT) {
+                Underlay::Vxlan { outer_src, outer_dst, vni, inner_src, inner_dst, .. } => {
+                    assert_eq!(vni, 1);
+                    assert!(
+                        (outer_src, outer_dst) == (n1, n2) || (outer_src, outer_dst) == (n2, n1),
+                        "VXLAN between {outer_src} and {outer_dst}"
+                    );
+                    pairs.insert((inner_src, inner_dst));
+                    vxlan += 1;
+                }
+                Underlay::Ipv4 { src, dst } => {
+                    let pod_net = |ip: Ipv4Addr| ip.octets()[0] == 10;
+                    assert!(!pod_net(src) && !pod_net(dst), "unencapsulated pod traffic {src} -> {dst}");
+                }
+                Underlay::Other => {}
+            }
+        }
+        assert!(vxlan > 4 * (4 << 20) / 1500, "only {vxlan} VXLAN frames for 16 MiB");
+        assert!(pairs.contains(&(a.ip, c.ip)) && pairs.contains(&(c.ip, a.ip)), "{pairs:?}");
+
+        let s1 = fresh_status(lab, 0);
+        let w = &s1["workers"][0];
+        assert!(w["pipeline"]["encap"].as_u64().unwrap_or(0) > 1000, "{w}");
+        assert!(w["pipeline"]["decap"].as_u64().unwrap_or(0) > 1000, "{w}");
+        for n in 0..2 {
+            frames_accounted(&status(lab, n));
+        }
+
+        // SIGTERM: the daemon exits and takes its programs with it.
+        let n2ns = lab.nodes[1].ns.clone();
+        assert!(xdp_attached(&n2ns, "eth0") && xdp_attached(&n2ns, "xnp0"));
+        lab.stop_daemon(1, Signal::SIGTERM)?;
+        for i in ["eth0", "xdpnet0-dp", "xnp0", "xnp1"] {
+            assert!(!xdp_attached(&n2ns, i), "XDP program left on {i} after SIGTERM");
+        }
+        Ok(())
+    });
+}
+
+fn spread(lab: &Lab, ns: &str, to: SocketAddrV4, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let x = lab::tcp_exchange(ns, to, 2000)?;
+        assert_eq!(x.peer, std::net::SocketAddr::V4(to), "reply not from the service address");
+        *seen.entry(x.server).or_insert(0) += 1;
+    }
+    Ok(seen)
+}
+
+#[test]
+fn clusterip_spreads_over_all_backends_and_follows_the_state_file() {
+    with_lab("svc", |lab| {
+        let web = lab.services[0].clone();
+        let vip = SocketAddrV4::new(web.cluster_ip, web.port);
+        let client = lab.pods[0].ns.clone();
+        let seen = spread(lab, &client, vip, 60)?;
+        let all: BTreeSet<String> = lab.pods.iter().map(|p| p.name.clone()).collect();
+        assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), all, "{seen:?}");
+        // From the other node too.
+        let seen = spread(lab, &lab.pods[3].ns.clone(), vip, 40)?;
+        assert!(seen.len() >= 3, "{seen:?}");
+
+        // UDP service: answers come from the service address (checked in udp_exchange).
+        let udp = &lab.services[2];
+        let names = lab::udp_exchange(&client, SocketAddrV4::new(udp.cluster_ip, udp.port), 40)?;
+        assert!(names.iter().collect::<BTreeSet<_>>().len() >= 3, "{names:?}");
+
+        // Remove pod-2-1 from the service: no new flow goes to it.
+        let gone = lab.pods.iter().position(|p| p.name == "pod-2-1").context("pod-2-1")?;
+        let g: Vec<u64> = (0..2)
+            .map(|n| status(lab, n)["generation"].as_u64().unwrap_or(0))
+            .collect();
+        lab.services[0].backends.retain(|&b| b != gone);
+        lab.write_state()?;
+        for (n, &g) in g.iter().enumerate() {
+            lab.wait_generation(n, g, Duration::from_secs(10))?;
+        }
+        let seen = spread(lab, &client, vip, 60)?;
+        assert!(!seen.contains_key("pod-2-1"), "removed backend still chosen: {seen:?}");
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn nodeport_from_a_client_that_is_not_a_node() {
+    with_lab("np", |lab| {
+        let np = lab.services[1].clone();
+        let port = np.node_port.context("node port")?;
+        let ext = lab.ext_ns.clone();
+        for n in 0..2 {
+            let to = SocketAddrV4::new(lab.nodes[n].ip, port);
+            let x = lab::tcp_exchange(&ext, to, 2 << 20)?;
+            assert!(x.server.starts_with("pod-"), "{x:?}");
+            let seen = spread(lab, &ext, to, 30)?;
+            assert!(seen.len() >= 3, "NodePort on {} spread {seen:?}", lab.nodes[n].name);
+        }
+        let s = fresh_status(lab, 0);
+        assert!(
+            s["frontends"].as_array().is_some_and(|f| f.iter().any(|f| f == "198.18.0.11:30080/6")),
+            "{}",
+            s["frontends"]
+        );
+        assert!(s["steering"]["to_socket"].as_u64().unwrap_or(0) > 0);
+        Ok(())
+    });
+}
+
+#[test]
+fn host_reaches_pods_and_services_and_pods_reach_the_host() {
+    with_lab("host", |lab| {
+        let node = lab.nodes[0].clone();
+        // A host-network server (kubelet-like) in the node's namespace.
+        lab.serve(&node.ns, "host-1", 9100)?;
+        for p in lab.pods.clone() {
+            // Pod -> its own node's host through the gateway address; pods on node 2 reach
+            // node 1's host port address across the overlay.
+            let x = lab::tcp_exchange(&p.ns, SocketAddrV4::new(node.gateway, 9100), 256 << 10)?;
+            assert_eq!(x.server, "host-1", "from {}", p.name);
+            // Host -> pod (probes), local and remote.
+            let x = lab::tcp_exchange(&node.ns, SocketAddrV4::new(p.ip, POD_PORT), 256 << 10)?;
+            assert_eq!(x.server, p.name);
+        }
+        lab::ping(&node.ns, lab.pods[0].ip, 2)?;
+        lab::ping(&lab.pods[0].ns, node.gateway, 2)?;
+        // Host -> ClusterIP.
+        let web = &lab.services[0];
+        let seen = spread(lab, &node.ns, SocketAddrV4::new(web.cluster_ip, web.port), 30)?;
+        assert!(seen.len() >= 3, "{seen:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn node_traffic_keeps_working_with_the_daemon_running_and_after_sigkill() {
+    with_lab("kill", |lab| {
+        let node = lab.nodes[0].clone();
+        lab.serve(&node.ns, "node-1-sshd", 2222)?;
+        let ext = lab.ext_ns.clone();
+        let to = SocketAddrV4::new(node.ip, 2222);
+        assert!(xdp_attached(&node.ns, "eth0"));
+        let x = lab::tcp_exchange(&ext, to, 1 << 20)?;
+        assert_eq!(x.server, "node-1-sshd");
+        lab::ping(&ext, node.ip, 2)?;
+        let passed = fresh_status(lab, 0)["steering"]["passed"].as_u64().unwrap_or(0);
+        assert!(passed > 0, "node traffic did not go through XDP_PASS");
+
+        lab.stop_daemon(0, Signal::SIGKILL)?;
+        // The link-based attachment died with the process: nothing is left on the NIC, and the
+        // node's own traffic works.
+        let t = Instant::now();
+        while xdp_attached(&node.ns, "eth0") && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!xdp_attached(&node.ns, "eth0"), "XDP program left after SIGKILL");
+        let x = lab::tcp_exchange(&ext, to, 1 << 20)?;
+        assert_eq!(x.server, "node-1-sshd");
+
+        // A restarted daemon picks everything up again.
+        lab.start_daemon(0)?;
+        lab.wait_ready(Duration::from_secs(20))?;
+        let c = lab.pods[2].clone();
+        let x = lab::tcp_exchange(&lab.pods[0].ns, SocketAddrV4::new(c.ip, POD_PORT), 1 << 20)?;
+        assert_eq!(x.server, c.name);
+        let x = lab::tcp_exchange(&ext, to, 64 << 10)?;
+        assert_eq!(x.server, "node-1-sshd");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_failing_test_still_leaves_nothing_behind() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prefix("fail");
+    let p2 = p.clone();
+    let r = std::thread::spawn(move || {
+        let mut lab = Lab::up(&LabSpec::new(&p2, 1, 1)).expect("lab");
+        lab.serve_all().expect("servers");
+        panic!("deliberate failure inside a lab");
+    })
+    .join();
+    assert!(r.is_err());
+    assert!(lab::namespaces(&p).is_empty(), "namespaces left after a panic");
+    assert!(!lab::lab_dir(&p).exists());
+    let ps = lab::run("ps", &["-eo", "args"]).unwrap_or_default();
+    assert!(!ps.contains(&format!("xdpnet-lab-{p}/")), "a daemon of the failed lab is still running");
+}
