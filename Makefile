@@ -4,12 +4,17 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test deps lint bench fuzz
+.PHONY: demo demo-pipeline test deps lint bench fuzz
 
 deps:
 	@bash scripts/deps.sh
 
 demo: deps
+	$(CARGO) build --release -q --workspace --bins
+	./target/release/xdpnet-bench demo
+
+# The in-memory pipeline on the benchmark-size table (no root, no namespaces).
+demo-pipeline:
 	$(CARGO) run --release -q -p xdpnet-bench -- pipeline
 
 lint:

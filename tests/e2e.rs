@@ -39,8 +39,14 @@ fn with_lab(name: &str, f: impl FnOnce(&mut Lab) -> Result<()>) {
         lab.down()?;
         r
     })();
-    assert!(lab::namespaces(&p).is_empty(), "namespaces of {p} left behind");
-    assert!(!lab::lab_dir(&p).exists(), "lab directory of {p} left behind");
+    assert!(
+        lab::namespaces(&p).is_empty(),
+        "namespaces of {p} left behind"
+    );
+    assert!(
+        !lab::lab_dir(&p).exists(),
+        "lab directory of {p} left behind"
+    );
     if let Err(e) = r {
         panic!("{name}: {e:#}");
     }
@@ -61,7 +67,9 @@ fn frames_accounted(s: &serde_json::Value) {
     for w in s["workers"].as_array().expect("workers") {
         let f = &w["frames"];
         let total = f["total"].as_u64().expect("total");
-        let sum = f["free"].as_u64().unwrap_or(0) + f["fill"].as_u64().unwrap_or(0) + f["tx"].as_u64().unwrap_or(0);
+        let sum = f["free"].as_u64().unwrap_or(0)
+            + f["fill"].as_u64().unwrap_or(0)
+            + f["tx"].as_u64().unwrap_or(0);
         assert_eq!(sum, total, "frames not accounted for: {f}");
         assert_eq!(w["bad_desc"], 0, "bad descriptors: {w}");
     }
@@ -76,7 +84,11 @@ fn xdp_attached(ns: &str, ifname: &str) -> bool {
 #[test]
 fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
     with_lab("pp", |lab| {
-        let (a, b, c) = (lab.pods[0].clone(), lab.pods[1].clone(), lab.pods[2].clone());
+        let (a, b, c) = (
+            lab.pods[0].clone(),
+            lab.pods[1].clone(),
+            lab.pods[2].clone(),
+        );
         assert_eq!((a.node, b.node, c.node), (0, 0, 1));
         let cap_file = lab.dir.join("underlay.pcap");
         let cap = Capture::start(&lab.underlay_ns, "br0", &cap_file)?;
@@ -97,7 +109,10 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
         assert!(names.iter().all(|n| *n == a.name), "{names:?}");
         let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(c.ip, POD_PORT), 4 << 20)?;
         assert_eq!(x.server, c.name);
-        assert_eq!(x.peer, std::net::SocketAddr::V4(SocketAddrV4::new(c.ip, POD_PORT)));
+        assert_eq!(
+            x.peer,
+            std::net::SocketAddr::V4(SocketAddrV4::new(c.ip, POD_PORT))
+        );
         let x = lab::tcp_exchange(&c.ns, SocketAddrV4::new(a.ip, POD_PORT), 4 << 20)?;
         assert_eq!(x.server, a.name);
 
@@ -109,7 +124,14 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
         let mut pairs = BTreeSet::new();
         for f in &frames {
             match classify(f, lab::VXLAN_PORT) {
-                Underlay::Vxlan { outer_src, outer_dst, vni, inner_src, inner_dst, .. } => {
+                Underlay::Vxlan {
+                    outer_src,
+                    outer_dst,
+                    vni,
+                    inner_src,
+                    inner_dst,
+                    ..
+                } => {
                     assert_eq!(vni, 1);
                     assert!(
                         (outer_src, outer_dst) == (n1, n2) || (outer_src, outer_dst) == (n2, n1),
@@ -120,13 +142,22 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
                 }
                 Underlay::Ipv4 { src, dst } => {
                     let pod_net = |ip: Ipv4Addr| ip.octets()[0] == 10;
-                    assert!(!pod_net(src) && !pod_net(dst), "unencapsulated pod traffic {src} -> {dst}");
+                    assert!(
+                        !pod_net(src) && !pod_net(dst),
+                        "unencapsulated pod traffic {src} -> {dst}"
+                    );
                 }
                 Underlay::Other => {}
             }
         }
-        assert!(vxlan > 4 * (4 << 20) / 1500, "only {vxlan} VXLAN frames for 16 MiB");
-        assert!(pairs.contains(&(a.ip, c.ip)) && pairs.contains(&(c.ip, a.ip)), "{pairs:?}");
+        assert!(
+            vxlan > 4 * (4 << 20) / 1500,
+            "only {vxlan} VXLAN frames for 16 MiB"
+        );
+        assert!(
+            pairs.contains(&(a.ip, c.ip)) && pairs.contains(&(c.ip, a.ip)),
+            "{pairs:?}"
+        );
 
         let s1 = fresh_status(lab, 0);
         let w = &s1["workers"][0];
@@ -141,17 +172,24 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
         assert!(xdp_attached(&n2ns, "eth0") && xdp_attached(&n2ns, "xnp0"));
         lab.stop_daemon(1, Signal::SIGTERM)?;
         for i in ["eth0", "xdpnet0-dp", "xnp0", "xnp1"] {
-            assert!(!xdp_attached(&n2ns, i), "XDP program left on {i} after SIGTERM");
+            assert!(
+                !xdp_attached(&n2ns, i),
+                "XDP program left on {i} after SIGTERM"
+            );
         }
         Ok(())
     });
 }
 
-fn spread(lab: &Lab, ns: &str, to: SocketAddrV4, n: usize) -> Result<BTreeMap<String, usize>> {
+fn spread(ns: &str, to: SocketAddrV4, n: usize) -> Result<BTreeMap<String, usize>> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
         let x = lab::tcp_exchange(ns, to, 2000)?;
-        assert_eq!(x.peer, std::net::SocketAddr::V4(to), "reply not from the service address");
+        assert_eq!(
+            x.peer,
+            std::net::SocketAddr::V4(to),
+            "reply not from the service address"
+        );
         *seen.entry(x.server).or_insert(0) += 1;
     }
     Ok(seen)
@@ -163,20 +201,31 @@ fn clusterip_spreads_over_all_backends_and_follows_the_state_file() {
         let web = lab.services[0].clone();
         let vip = SocketAddrV4::new(web.cluster_ip, web.port);
         let client = lab.pods[0].ns.clone();
-        let seen = spread(lab, &client, vip, 60)?;
+        let seen = spread(&client, vip, 60)?;
         let all: BTreeSet<String> = lab.pods.iter().map(|p| p.name.clone()).collect();
-        assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), all, "{seen:?}");
+        assert_eq!(
+            seen.keys().cloned().collect::<BTreeSet<_>>(),
+            all,
+            "{seen:?}"
+        );
         // From the other node too.
-        let seen = spread(lab, &lab.pods[3].ns.clone(), vip, 40)?;
+        let seen = spread(&lab.pods[3].ns.clone(), vip, 40)?;
         assert!(seen.len() >= 3, "{seen:?}");
 
         // UDP service: answers come from the service address (checked in udp_exchange).
         let udp = &lab.services[2];
         let names = lab::udp_exchange(&client, SocketAddrV4::new(udp.cluster_ip, udp.port), 40)?;
-        assert!(names.iter().collect::<BTreeSet<_>>().len() >= 3, "{names:?}");
+        assert!(
+            names.iter().collect::<BTreeSet<_>>().len() >= 3,
+            "{names:?}"
+        );
 
         // Remove pod-2-1 from the service: no new flow goes to it.
-        let gone = lab.pods.iter().position(|p| p.name == "pod-2-1").context("pod-2-1")?;
+        let gone = lab
+            .pods
+            .iter()
+            .position(|p| p.name == "pod-2-1")
+            .context("pod-2-1")?;
         let g: Vec<u64> = (0..2)
             .map(|n| status(lab, n)["generation"].as_u64().unwrap_or(0))
             .collect();
@@ -185,8 +234,11 @@ fn clusterip_spreads_over_all_backends_and_follows_the_state_file() {
         for (n, &g) in g.iter().enumerate() {
             lab.wait_generation(n, g, Duration::from_secs(10))?;
         }
-        let seen = spread(lab, &client, vip, 60)?;
-        assert!(!seen.contains_key("pod-2-1"), "removed backend still chosen: {seen:?}");
+        let seen = spread(&client, vip, 60)?;
+        assert!(
+            !seen.contains_key("pod-2-1"),
+            "removed backend still chosen: {seen:?}"
+        );
         assert_eq!(seen.len(), 3, "{seen:?}");
         Ok(())
     });
@@ -202,12 +254,18 @@ fn nodeport_from_a_client_that_is_not_a_node() {
             let to = SocketAddrV4::new(lab.nodes[n].ip, port);
             let x = lab::tcp_exchange(&ext, to, 2 << 20)?;
             assert!(x.server.starts_with("pod-"), "{x:?}");
-            let seen = spread(lab, &ext, to, 30)?;
-            assert!(seen.len() >= 3, "NodePort on {} spread {seen:?}", lab.nodes[n].name);
+            let seen = spread(&ext, to, 30)?;
+            assert!(
+                seen.len() >= 3,
+                "NodePort on {} spread {seen:?}",
+                lab.nodes[n].name
+            );
         }
         let s = fresh_status(lab, 0);
         assert!(
-            s["frontends"].as_array().is_some_and(|f| f.iter().any(|f| f == "198.18.0.11:30080/6")),
+            s["frontends"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "198.18.0.11:30080/6")),
             "{}",
             s["frontends"]
         );
@@ -235,7 +293,7 @@ fn host_reaches_pods_and_services_and_pods_reach_the_host() {
         lab::ping(&lab.pods[0].ns, node.gateway, 2)?;
         // Host -> ClusterIP.
         let web = &lab.services[0];
-        let seen = spread(lab, &node.ns, SocketAddrV4::new(web.cluster_ip, web.port), 30)?;
+        let seen = spread(&node.ns, SocketAddrV4::new(web.cluster_ip, web.port), 30)?;
         assert!(seen.len() >= 3, "{seen:?}");
         Ok(())
     });
@@ -252,7 +310,9 @@ fn node_traffic_keeps_working_with_the_daemon_running_and_after_sigkill() {
         let x = lab::tcp_exchange(&ext, to, 1 << 20)?;
         assert_eq!(x.server, "node-1-sshd");
         lab::ping(&ext, node.ip, 2)?;
-        let passed = fresh_status(lab, 0)["steering"]["passed"].as_u64().unwrap_or(0);
+        let passed = fresh_status(lab, 0)["steering"]["passed"]
+            .as_u64()
+            .unwrap_or(0);
         assert!(passed > 0, "node traffic did not go through XDP_PASS");
 
         lab.stop_daemon(0, Signal::SIGKILL)?;
@@ -262,7 +322,10 @@ fn node_traffic_keeps_working_with_the_daemon_running_and_after_sigkill() {
         while xdp_attached(&node.ns, "eth0") && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!xdp_attached(&node.ns, "eth0"), "XDP program left after SIGKILL");
+        assert!(
+            !xdp_attached(&node.ns, "eth0"),
+            "XDP program left after SIGKILL"
+        );
         let x = lab::tcp_exchange(&ext, to, 1 << 20)?;
         assert_eq!(x.server, "node-1-sshd");
 
@@ -290,8 +353,14 @@ fn a_failing_test_still_leaves_nothing_behind() {
     })
     .join();
     assert!(r.is_err());
-    assert!(lab::namespaces(&p).is_empty(), "namespaces left after a panic");
+    assert!(
+        lab::namespaces(&p).is_empty(),
+        "namespaces left after a panic"
+    );
     assert!(!lab::lab_dir(&p).exists());
     let ps = lab::run("ps", &["-eo", "args"]).unwrap_or_default();
-    assert!(!ps.contains(&format!("xdpnet-lab-{p}/")), "a daemon of the failed lab is still running");
+    assert!(
+        !ps.contains(&format!("xdpnet-lab-{p}/")),
+        "a daemon of the failed lab is still running"
+    );
 }

@@ -25,7 +25,8 @@ fn opts(args: &[String], prefix: &str) -> Result<Opts> {
     while let Some(a) = it.next() {
         let mut num = |what: &str| -> Result<usize> {
             let v = it.next().with_context(|| format!("{what} needs a value"))?;
-            v.parse().with_context(|| format!("{what} {v:?} is not a number"))
+            v.parse()
+                .with_context(|| format!("{what} {v:?} is not a number"))
         };
         match a.as_str() {
             "--nodes" => o.nodes = num("--nodes")?,
@@ -71,7 +72,10 @@ pub fn lab(args: &[String]) -> Result<()> {
             for p in &lab.pods {
                 println!("  {} {} (netns {})", p.name, p.ip, p.ns);
             }
-            println!("remove it with: xdpnet-bench lab down --prefix {}", o.prefix);
+            println!(
+                "remove it with: xdpnet-bench lab down --prefix {}",
+                o.prefix
+            );
             lab.keep();
             Ok(())
         }
@@ -95,7 +99,10 @@ pub fn lab(args: &[String]) -> Result<()> {
                 .map(|d| d.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default();
             files.sort();
-            for f in files.iter().filter(|f| f.to_string_lossy().ends_with(".status.json")) {
+            for f in files
+                .iter()
+                .filter(|f| f.to_string_lossy().ends_with(".status.json"))
+            {
                 let s: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(f).unwrap_or_default())
                         .unwrap_or_default();
@@ -128,10 +135,16 @@ pub fn demo(args: &[String]) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    println!("building the lab: {} nodes x {} pods (namespaces {}-*)", o.nodes, o.pods, o.prefix);
+    println!(
+        "building the lab: {} nodes x {} pods (namespaces {}-*)",
+        o.nodes, o.pods, o.prefix
+    );
     let t = Instant::now();
     let mut lab = Lab::up(&LabSpec::new(&o.prefix, o.nodes, o.pods))?;
-    println!("  up in {:.1?}: one xdpnetd per node, AF_XDP on every port", t.elapsed());
+    println!(
+        "  up in {:.1?}: one xdpnetd per node, AF_XDP on every port",
+        t.elapsed()
+    );
     lab.serve_all()?;
     let r = demo_traffic(&lab, &stop);
     let ok = r.is_ok();
@@ -162,7 +175,10 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
     let same = lab.pods.iter().skip(1).find(|p| p.node == a.node);
     let other = lab.pods.iter().find(|p| p.node != a.node);
     let mb = 8 << 20;
-    println!("\ntraffic (each TCP line: {} MiB sent and echoed back, every byte checked)", mb >> 20);
+    println!(
+        "\ntraffic (each TCP line: {} MiB sent and echoed back, every byte checked)",
+        mb >> 20
+    );
     if let Some(b) = same {
         check(stop)?;
         lab::ping(&a.ns, b.ip, 3)?;
@@ -193,7 +209,10 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         let x = lab::tcp_exchange(&a.ns, vip, 1000)?;
         *seen.entry(x.server).or_default() += 1;
     }
-    println!("  ok  ClusterIP {vip}: 40 connections from {} spread over {seen:?}", a.name);
+    println!(
+        "  ok  ClusterIP {vip}: 40 connections from {} spread over {seen:?}",
+        a.name
+    );
     check(stop)?;
     let np = &lab.services[1];
     let node = &lab.nodes[0];
@@ -207,12 +226,17 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
     check(stop)?;
     let udp = &lab.services[2];
     let names = lab::udp_exchange(&a.ns, SocketAddrV4::new(udp.cluster_ip, udp.port), 10)?;
-    println!("  ok  UDP service {}:{}: 10 datagrams answered by {:?}", udp.cluster_ip, udp.port, {
-        let mut n = names.clone();
-        n.sort();
-        n.dedup();
-        n
-    });
+    println!(
+        "  ok  UDP service {}:{}: 10 datagrams answered by {:?}",
+        udp.cluster_ip,
+        udp.port,
+        {
+            let mut n = names.clone();
+            n.sort();
+            n.dedup();
+            n
+        }
+    );
     check(stop)?;
     if let Some(b) = other {
         let sink = lab::UdpSink::start(&b.ns, 9000)?;
@@ -252,7 +276,11 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
             w["pipeline"]["encap"],
             w["pipeline"]["decap"],
             w["pipeline"]["new_flows"],
-            if drops.is_empty() { "none".into() } else { drops.join(" ") }
+            if drops.is_empty() {
+                "none".into()
+            } else {
+                drops.join(" ")
+            }
         );
     }
     Ok(())

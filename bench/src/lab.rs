@@ -10,6 +10,7 @@
 //! - `P-n<i>p<j>`: pod j of node i: `eth0` 10.244.i.(10+j)/24, MTU 1450, default route via the
 //!   gateway with a permanent neighbour entry for it, TX checksum offload off — the wiring the
 //!   CNI gives a pod.
+//!
 //! Every kernel-stack interface that sends into the dataplane has TX checksum offload off, as
 //! a NIC would deliver complete checksums (veth otherwise hands over CHECKSUM_PARTIAL frames).
 //!
@@ -93,7 +94,10 @@ pub fn teardown(prefix: &str) -> usize {
             }
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(3)
-                && !run("ip", &["netns", "pids", ns]).unwrap_or_default().trim().is_empty()
+                && !run("ip", &["netns", "pids", ns])
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty()
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -358,14 +362,53 @@ impl Lab {
             ip(&["netns", "add", &n.ns])?;
             ip(&["-n", &n.ns, "link", "set", "lo", "up"])?;
             self.uplink(&n.ns, &format!("n{i}"), n.ip)?;
-            ip(&["-n", &n.ns, "link", "add", "xdpnet0", "type", "veth", "peer", "name", "xdpnet0-dp"])?;
-            ip(&["-n", &n.ns, "addr", "add", &format!("{}/32", n.gateway), "dev", "xdpnet0"])?;
+            ip(&[
+                "-n",
+                &n.ns,
+                "link",
+                "add",
+                "xdpnet0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "xdpnet0-dp",
+            ])?;
+            ip(&[
+                "-n",
+                &n.ns,
+                "addr",
+                "add",
+                &format!("{}/32", n.gateway),
+                "dev",
+                "xdpnet0",
+            ])?;
             ip(&["-n", &n.ns, "link", "set", "xdpnet0-dp", "up"])?;
             ip(&["-n", &n.ns, "link", "set", "xdpnet0", "up"])?;
             tx_off(&n.ns, "xdpnet0")?;
             let src = n.gateway.to_string();
-            ip(&["-n", &n.ns, "route", "add", "10.244.0.0/16", "dev", "xdpnet0", "src", &src])?;
-            ip(&["-n", &n.ns, "route", "add", "10.96.0.0/12", "dev", "xdpnet0", "src", &src])?;
+            ip(&[
+                "-n",
+                &n.ns,
+                "route",
+                "add",
+                "10.244.0.0/16",
+                "dev",
+                "xdpnet0",
+                "src",
+                &src,
+            ])?;
+            ip(&[
+                "-n",
+                &n.ns,
+                "route",
+                "add",
+                "10.96.0.0/12",
+                "dev",
+                "xdpnet0",
+                "src",
+                &src,
+            ])?;
         }
         for p in self.pods.clone() {
             let node = &self.nodes[p.node];
@@ -375,12 +418,36 @@ impl Lab {
                 "-n", &node.ns, "link", "add", &p.host_if, "mtu", "1450", "type", "veth", "peer",
                 "name", "eth0", "netns", &p.ns,
             ])?;
-            ip(&["-n", &p.ns, "link", "set", "eth0", "address", &p.mac, "mtu", "1450", "up"])?;
-            ip(&["-n", &p.ns, "addr", "add", &format!("{}/24", p.ip), "dev", "eth0"])?;
+            ip(&[
+                "-n", &p.ns, "link", "set", "eth0", "address", &p.mac, "mtu", "1450", "up",
+            ])?;
+            ip(&[
+                "-n",
+                &p.ns,
+                "addr",
+                "add",
+                &format!("{}/24", p.ip),
+                "dev",
+                "eth0",
+            ])?;
             tx_off(&p.ns, "eth0")?;
             let gw = node.gateway.to_string();
-            ip(&["-n", &p.ns, "neigh", "replace", &gw, "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent"])?;
-            ip(&["-n", &p.ns, "route", "add", "default", "via", &gw, "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &p.ns,
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                GATEWAY_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            ip(&[
+                "-n", &p.ns, "route", "add", "default", "via", &gw, "dev", "eth0",
+            ])?;
             ip(&["-n", &node.ns, "link", "set", &p.host_if, "up"])?;
         }
         Ok(())
@@ -389,9 +456,19 @@ impl Lab {
     /// Veth `eth0` in `ns` with `addr`/24, peer `peer` on the underlay bridge.
     fn uplink(&self, ns: &str, peer: &str, addr: Ipv4Addr) -> Result<()> {
         let ul = &self.underlay_ns;
-        ip(&["-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", ul])?;
+        ip(&[
+            "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", ul,
+        ])?;
         ip(&["-n", ul, "link", "set", peer, "master", "br0", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         tx_off(ns, "eth0")
     }
@@ -416,8 +493,15 @@ impl Lab {
             );
         }
         for s in &self.services {
-            let ty = if s.node_port.is_some() { "NodePort" } else { "ClusterIP" };
-            let np = s.node_port.map(|p| format!(", nodePort: {p}")).unwrap_or_default();
+            let ty = if s.node_port.is_some() {
+                "NodePort"
+            } else {
+                "ClusterIP"
+            };
+            let np = s
+                .node_port
+                .map(|p| format!(", nodePort: {p}"))
+                .unwrap_or_default();
             let _ = write!(
                 y,
                 "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: lab\nspec:\n  type: {ty}\n  clusterIP: {}\n  ports:\n  - {{name: p, port: {}, targetPort: {POD_PORT}, protocol: {}{np}}}\n",
@@ -624,7 +708,11 @@ impl Drop for Lab {
 
 /// Turns TX checksum offload off on `ifname` in `ns`.
 fn tx_off(ns: &str, ifname: &str) -> Result<()> {
-    run("ip", &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"]).map(|_| ())
+    run(
+        "ip",
+        &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"],
+    )
+    .map(|_| ())
 }
 
 /// A pod's server: TCP (first line = its name, then echoes until EOF) and UDP (answers every
@@ -739,7 +827,8 @@ pub fn tcp_exchange(ns: &str, to: SocketAddrV4, bytes: usize) -> Result<Exchange
         let mut name = Vec::new();
         let mut b = [0u8; 1];
         loop {
-            s.read_exact(&mut b).with_context(|| format!("reading the server name from {to}"))?;
+            s.read_exact(&mut b)
+                .with_context(|| format!("reading the server name from {to}"))?;
             if b[0] == b'\n' {
                 break;
             }
@@ -758,7 +847,8 @@ pub fn tcp_exchange(ns: &str, to: SocketAddrV4, bytes: usize) -> Result<Exchange
             w.shutdown(std::net::Shutdown::Write)
         });
         let mut got = Vec::with_capacity(bytes);
-        s.read_to_end(&mut got).with_context(|| format!("reading the echo from {to}"))?;
+        s.read_to_end(&mut got)
+            .with_context(|| format!("reading the echo from {to}"))?;
         writer
             .join()
             .map_err(|_| anyhow::anyhow!("writer panicked"))?
@@ -810,7 +900,21 @@ pub fn udp_exchange(ns: &str, to: SocketAddrV4, n: usize) -> Result<Vec<String>>
 pub fn ping(ns: &str, to: Ipv4Addr, count: u32) -> Result<()> {
     run(
         "ip",
-        &["netns", "exec", ns, "ping", "-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2", &to.to_string()],
+        &[
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &to.to_string(),
+        ],
     )
     .map(|_| ())
 }
@@ -826,7 +930,9 @@ impl Capture {
     /// Starts capturing on `ifname` in `ns` into `file`.
     pub fn start(ns: &str, ifname: &str, file: &Path) -> Result<Capture> {
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "-s", "0", "-w"])
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "-s", "0", "-w",
+            ])
             .arg(file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -891,7 +997,11 @@ pub fn parse_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
     };
     let rd = |b: &[u8]| {
         let a: [u8; 4] = b.try_into().unwrap_or([0; 4]);
-        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
     };
     let mut out = Vec::new();
     let mut off = 24;
@@ -942,7 +1052,10 @@ impl UdpSink {
     /// Stops and returns (datagrams, bytes).
     pub fn finish(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or((0, 0))
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or((0, 0))
     }
 }
 

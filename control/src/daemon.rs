@@ -77,7 +77,8 @@ fn neighbours() -> BTreeMap<Ipv4Addr, MacAddr> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             // IP, HW type, Flags (0x2 = complete), HW address, Mask, Device
-            let complete = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()? & 2 != 0;
+            let complete =
+                u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()? & 2 != 0;
             let mac: MacAddr = f.get(3)?.parse().ok()?;
             (complete && mac != MacAddr([0; 6])).then_some((f.first()?.parse().ok()?, mac))
         })
@@ -148,8 +149,11 @@ impl Daemon {
             }
         }
         // New local pods: wire their interfaces.
-        let want: BTreeMap<&str, &translate::LocalPod> =
-            d.local_pods.iter().map(|p| (p.ifname.as_str(), p)).collect();
+        let want: BTreeMap<&str, &translate::LocalPod> = d
+            .local_pods
+            .iter()
+            .map(|p| (p.ifname.as_str(), p))
+            .collect();
         for (ifname, p) in &want {
             if let Some(a) = self.pods.get_mut(*ifname) {
                 a.ip = p.ip;
@@ -162,7 +166,12 @@ impl Daemon {
             };
             match self.dp.add_port(port, ifname, PortRole::Pod) {
                 Ok(()) => {
-                    log!(self.cfg.node_name, "attached pod {} ({} on {ifname}, port {port})", p.key, p.ip);
+                    log!(
+                        self.cfg.node_name,
+                        "attached pod {} ({} on {ifname}, port {port})",
+                        p.key,
+                        p.ip
+                    );
                     self.pods.insert(
                         ifname.to_string(),
                         Attached {
@@ -238,7 +247,9 @@ impl Daemon {
             }
             let generation = fib.generation();
             let t = Instant::now();
-            self.dp.publish(fib).wait_for_readers(Duration::from_secs(1));
+            self.dp
+                .publish(fib)
+                .wait_for_readers(Duration::from_secs(1));
             self.publishes += 1;
             self.last_publish = Some(Instant::now());
             let fib = self.dp.fib();
@@ -250,7 +261,11 @@ impl Daemon {
                 want_eps.len(),
                 fib.remote_nodes().len(),
                 t.elapsed(),
-                if expired > 0 { format!(", {expired} UDP flows to removed backends expired") } else { String::new() }
+                if expired > 0 {
+                    format!(", {expired} UDP flows to removed backends expired")
+                } else {
+                    String::new()
+                }
             );
         }
         for ifname in gone {
@@ -289,12 +304,19 @@ impl Daemon {
                 self.desired = d;
                 self.apply();
             }
-            Err(e) => log!(self.cfg.node_name, "new cluster state not used (keeping the old one): {e}"),
+            Err(e) => log!(
+                self.cfg.node_name,
+                "new cluster state not used (keeping the old one): {e}"
+            ),
         }
     }
 
     fn remote_ips(&self) -> Vec<Ipv4Addr> {
-        self.desired.remotes.iter().map(|r: &RemoteNode| r.underlay_ip).collect()
+        self.desired
+            .remotes
+            .iter()
+            .map(|r: &RemoteNode| r.underlay_ip)
+            .collect()
     }
 
     fn status(&self) -> serde_json::Value {
@@ -366,22 +388,35 @@ impl Daemon {
     }
 
     fn write_status(&self) {
-        let Some(path) = &self.cfg.status_file else { return };
+        let Some(path) = &self.cfg.status_file else {
+            return;
+        };
         let tmp = path.with_extension("tmp");
         let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
-        if std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
-            log!(self.cfg.node_name, "cannot write status file {}", path.display());
+        if std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .is_err()
+        {
+            log!(
+                self.cfg.node_name,
+                "cannot write status file {}",
+                path.display()
+            );
         }
     }
 }
 
 /// Runs the daemon until `stop` is set. `reload` forces a re-read of the state.
-pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>, reload: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub fn run(
+    cfg: DaemonConfig,
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let node = cfg.node_name.clone();
     let mac = |ifname: &str, what: &str| -> anyhow::Result<MacAddr> {
-        xsk::if_mac(ifname)
-            .map(MacAddr)
-            .with_context(|| format!("{what} interface {ifname:?} not found in this network namespace"))
+        xsk::if_mac(ifname).map(MacAddr).with_context(|| {
+            format!("{what} interface {ifname:?} not found in this network namespace")
+        })
     };
     let underlay_mac = mac(&cfg.uplink, "uplink")?;
     let host_mac = mac(&cfg.host_if, "host (kernel end)")?;
@@ -427,7 +462,11 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>, reload: Arc<AtomicBool>) ->
         "dataplane up: {} worker(s) on cores {:?} ({} mode), uplink {} ({}), host port {}, node {} pod CIDR {}",
         cfg.dataplane.cores.len(),
         cfg.dataplane.cores,
-        if cfg.dataplane.busy_poll { "busy-poll" } else { "low-CPU poll" },
+        if cfg.dataplane.busy_poll {
+            "busy-poll"
+        } else {
+            "low-CPU poll"
+        },
         cfg.uplink,
         desired.node.underlay_ip,
         cfg.host_port,
@@ -461,15 +500,24 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>, reload: Arc<AtomicBool>) ->
     let mut last_file = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(tick);
-        if reload.swap(false, Ordering::Relaxed) || last_file.elapsed() >= Duration::from_millis(200) {
+        if reload.swap(false, Ordering::Relaxed)
+            || last_file.elapsed() >= Duration::from_millis(200)
+        {
             last_file = Instant::now();
             match source.poll() {
                 Ok(Some(st)) => {
-                    log!(d.cfg.node_name, "cluster state changed: {:?} (nodes, pods, services, slices)", st.counts());
+                    log!(
+                        d.cfg.node_name,
+                        "cluster state changed: {:?} (nodes, pods, services, slices)",
+                        st.counts()
+                    );
                     d.reload(st);
                 }
                 Ok(None) => {}
-                Err(e) => log!(d.cfg.node_name, "cluster state not reloaded (keeping the old one): {e}"),
+                Err(e) => log!(
+                    d.cfg.node_name,
+                    "cluster state not reloaded (keeping the old one): {e}"
+                ),
             }
         }
         let now = d.dp.now_secs();
@@ -492,7 +540,10 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>, reload: Arc<AtomicBool>) ->
             d.write_status();
         }
     }
-    log!(d.cfg.node_name, "stopping: detaching programs and closing sockets");
+    log!(
+        d.cfg.node_name,
+        "stopping: detaching programs and closing sockets"
+    );
     if let Some(p) = &d.cfg.status_file {
         let _ = std::fs::remove_file(p);
     }

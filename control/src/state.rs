@@ -127,7 +127,11 @@ impl ClusterState {
             }
             "Node" => {
                 let n: Node = serde_yaml::from_value(v).map_err(|e| format!("Node: {e}"))?;
-                let name = n.metadata.name.clone().ok_or("Node without metadata.name")?;
+                let name = n
+                    .metadata
+                    .name
+                    .clone()
+                    .ok_or("Node without metadata.name")?;
                 self.nodes.insert(name, n);
             }
             "Pod" => {
@@ -272,7 +276,11 @@ items:
         let mut src = FileSource::new(&f);
         assert!(src.poll().expect("ok").is_some());
         assert!(src.poll().expect("ok").is_none());
-        std::fs::write(&f, "kind: Node\nmetadata: {name: a}\nspec: {podCIDR: [1]}\n").expect("w");
+        std::fs::write(
+            &f,
+            "kind: Node\nmetadata: {name: a}\nspec: {podCIDR: [1]}\n",
+        )
+        .expect("w");
         assert!(src.poll().is_err());
         std::fs::write(&f, "").expect("w");
         let st = src.poll().expect("ok").expect("changed");

@@ -146,7 +146,8 @@ pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, Translat
         .nodes
         .get(&cfg.node_name)
         .ok_or_else(|| TranslateError::NoSuchNode(cfg.node_name.clone()))?;
-    let underlay_ip = internal_ip(me).ok_or_else(|| TranslateError::NoAddress(cfg.node_name.clone()))?;
+    let underlay_ip =
+        internal_ip(me).ok_or_else(|| TranslateError::NoAddress(cfg.node_name.clone()))?;
     let pod_cidr = *pod_cidrs(me)
         .first()
         .ok_or_else(|| TranslateError::NoPodCidr(cfg.node_name.clone()))?;
@@ -188,7 +189,9 @@ pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, Translat
                 underlay_ip: ip,
                 pod_cidrs: cidrs,
             }),
-            _ => warnings.push(format!("node {name}: no IPv4 InternalIP or podCIDR, skipped")),
+            _ => warnings.push(format!(
+                "node {name}: no IPv4 InternalIP or podCIDR, skipped"
+            )),
         }
     }
 
@@ -201,8 +204,11 @@ pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, Translat
 
     let mut local_pods = Vec::new();
     for (key, p) in &st.pods {
-        let Some(spec) = p.spec.as_ref() else { continue };
-        if spec.node_name.as_deref() != Some(cfg.node_name.as_str()) || spec.host_network == Some(true)
+        let Some(spec) = p.spec.as_ref() else {
+            continue;
+        };
+        if spec.node_name.as_deref() != Some(cfg.node_name.as_str())
+            || spec.host_network == Some(true)
         {
             continue;
         }
@@ -253,7 +259,12 @@ fn parse_protocol(p: Option<&str>) -> Option<Protocol> {
     }
 }
 
-fn service(key: &str, s: &Service, st: &ClusterState, warnings: &mut Vec<String>) -> Option<ServiceSpec> {
+fn service(
+    key: &str,
+    s: &Service,
+    st: &ClusterState,
+    warnings: &mut Vec<String>,
+) -> Option<ServiceSpec> {
     let spec = s.spec.as_ref()?;
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     if ty == "ExternalName" {
@@ -269,7 +280,12 @@ fn service(key: &str, s: &Service, st: &ClusterState, warnings: &mut Vec<String>
         .collect();
     cluster_ips.sort();
     cluster_ips.dedup();
-    let external_ips: Vec<Ipv4Addr> = spec.external_ips.iter().flatten().filter_map(|ip| v4(ip)).collect();
+    let external_ips: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| v4(ip))
+        .collect();
     let load_balancer_ips: Vec<Ipv4Addr> = if ty == "LoadBalancer" {
         s.status
             .as_ref()
@@ -302,7 +318,10 @@ fn service(key: &str, s: &Service, st: &ClusterState, warnings: &mut Vec<String>
     let mut ports = Vec::new();
     for sp in spec.ports.iter().flatten() {
         let Some(protocol) = parse_protocol(sp.protocol.as_deref()) else {
-            warnings.push(format!("service {key}: protocol {:?} not supported, port skipped", sp.protocol));
+            warnings.push(format!(
+                "service {key}: protocol {:?} not supported, port skipped",
+                sp.protocol
+            ));
             continue;
         };
         let Ok(port) = u16::try_from(sp.port) else {
@@ -310,7 +329,9 @@ fn service(key: &str, s: &Service, st: &ClusterState, warnings: &mut Vec<String>
             continue;
         };
         let node_port = if matches!(ty, "NodePort" | "LoadBalancer") {
-            sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0)
+            sp.node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0)
         } else {
             None
         };
@@ -459,7 +480,10 @@ endpoints: [{addresses: [10.244.2.99]}]
         assert_eq!(d.node.underlay_ip, Ipv4Addr::new(198, 18, 0, 11));
         assert_eq!(d.node.gateway_ip, Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(d.remotes.len(), 1);
-        assert_eq!(d.remotes[0].pod_cidrs, vec!["10.244.2.0/24".parse().expect("cidr")]);
+        assert_eq!(
+            d.remotes[0].pod_cidrs,
+            vec!["10.244.2.0/24".parse().expect("cidr")]
+        );
         assert_eq!(d.local_pods.len(), 1);
         assert_eq!(d.local_pods[0].ifname, "xnpod0");
         assert!(d.warnings.iter().any(|w| w.contains("demo/noann")));
@@ -505,7 +529,10 @@ endpoints: [{addresses: [10.244.2.99]}]
             TranslateError::NoSuchNode("nope".into())
         );
         let st = state("kind: Node\nmetadata: {name: node-1}\nspec: {podCIDR: 10.244.1.0/24}\n");
-        assert!(matches!(desired(&st, &cfg()), Err(TranslateError::NoAddress(_))));
+        assert!(matches!(
+            desired(&st, &cfg()),
+            Err(TranslateError::NoAddress(_))
+        ));
         let st = state(
             "kind: Node\nmetadata: {name: node-1}\nspec: {podCIDR: 10.9.1.0/24}\nstatus: {addresses: [{type: InternalIP, address: 1.2.3.4}]}\n",
         );

@@ -19,9 +19,9 @@ use crate::worker::{Command, HandoffQueues, IoCounters, Worker};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -234,7 +234,15 @@ impl Dataplane {
             let io = Arc::new(IoCounters::default());
             let pipeline = Pipeline::new();
             let counters = pipeline.counters().clone();
-            let worker = Worker::new(i, umem, shared.clone(), pipeline, io.clone(), rx, cfg.busy_poll);
+            let worker = Worker::new(
+                i,
+                umem,
+                shared.clone(),
+                pipeline,
+                io.clone(),
+                rx,
+                cfg.busy_poll,
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("xdpnet-w{i}"))
                 .spawn(move || {
@@ -255,7 +263,11 @@ impl Dataplane {
         Ok(dp)
     }
 
-    fn ask<T>(&self, w: usize, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, DataplaneError> {
+    fn ask<T>(
+        &self,
+        w: usize,
+        make: impl FnOnce(Sender<T>) -> Command,
+    ) -> Result<T, DataplaneError> {
         let (tx, rx) = mpsc::channel();
         self.workers[w]
             .cmds
@@ -269,15 +281,26 @@ impl Dataplane {
     /// Wires interface `ifname` as port `id`: binds its socket(s) on worker(s), fills the
     /// program's maps and attaches the program. The table must give `id` its kind before
     /// traffic is expected on it.
-    pub fn add_port(&mut self, id: PortId, ifname: &str, role: PortRole) -> Result<(), DataplaneError> {
+    pub fn add_port(
+        &mut self,
+        id: PortId,
+        ifname: &str,
+        role: PortRole,
+    ) -> Result<(), DataplaneError> {
         if id as usize >= MAX_PORTS {
-            return Err(DataplaneError::Invalid(format!("port id {id} >= {MAX_PORTS}")));
+            return Err(DataplaneError::Invalid(format!(
+                "port id {id} >= {MAX_PORTS}"
+            )));
         }
         if self.ports.contains_key(&id) {
-            return Err(DataplaneError::Invalid(format!("port id {id} already in use")));
+            return Err(DataplaneError::Invalid(format!(
+                "port id {id} already in use"
+            )));
         }
         if let Some((pid, _)) = self.ports.iter().find(|(_, p)| p.ifname == ifname) {
-            return Err(DataplaneError::Invalid(format!("{ifname} is already port {pid}")));
+            return Err(DataplaneError::Invalid(format!(
+                "{ifname} is already port {pid}"
+            )));
         }
         let ifindex = if_index(ifname)?;
         let queues = match role {
@@ -306,10 +329,9 @@ impl Dataplane {
                         .min_by_key(|&w| self.workers[w].sockets)
                         .unwrap_or(0),
                 };
-                let slot = self
-                    .free_slots
-                    .pop()
-                    .ok_or_else(|| DataplaneError::Invalid("all 4096 XSKMAP slots in use".into()))?;
+                let slot = self.free_slots.pop().ok_or_else(|| {
+                    DataplaneError::Invalid("all 4096 XSKMAP slots in use".into())
+                })?;
                 let fd = match self.ask(w, |reply| Command::AddSocket {
                     port: id,
                     ifindex,
@@ -384,7 +406,10 @@ impl Dataplane {
 
     /// Port id of interface `ifname`, if wired.
     pub fn port_of(&self, ifname: &str) -> Option<PortId> {
-        self.ports.iter().find(|(_, p)| p.ifname == ifname).map(|(&id, _)| id)
+        self.ports
+            .iter()
+            .find(|(_, p)| p.ifname == ifname)
+            .map(|(&id, _)| id)
     }
 
     /// Publishes a new table to the workers.

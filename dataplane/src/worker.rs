@@ -132,7 +132,9 @@ pub(crate) struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("idx", &self.idx).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("idx", &self.idx)
+            .finish_non_exhaustive()
     }
 }
 
@@ -202,8 +204,7 @@ impl Worker {
             if self.poller_dirty {
                 let wake = self.shared.wakers[self.idx].fd();
                 self.poller.set(
-                    std::iter::once(wake)
-                        .chain(self.socks.iter().flatten().map(|s| s.xsk.fd())),
+                    std::iter::once(wake).chain(self.socks.iter().flatten().map(|s| s.xsk.fd())),
                 );
                 self.poller_dirty = false;
             }
@@ -244,7 +245,9 @@ impl Worker {
             fill += s.fill_out as u64;
             tx += s.tx_out as u64;
         }
-        self.io.frames_free.store(self.free.len() as u64, Ordering::Relaxed);
+        self.io
+            .frames_free
+            .store(self.free.len() as u64, Ordering::Relaxed);
         self.io.frames_fill.store(fill, Ordering::Relaxed);
         self.io.frames_tx.store(tx, Ordering::Relaxed);
     }
@@ -506,9 +509,7 @@ impl Worker {
         let xsk = match XskSocket::bind(&self.umem, shared, ifindex, queue, rings) {
             Ok(x) => x,
             // The sharing socket's device may be going away: register the UMEM afresh.
-            Err(_) if shared.is_some() => {
-                XskSocket::bind(&self.umem, None, ifindex, queue, rings)?
-            }
+            Err(_) if shared.is_some() => XskSocket::bind(&self.umem, None, ifindex, queue, rings)?,
             Err(e) => return Err(e),
         };
         let fd = xsk.fd().try_clone_to_owned().map_err(|e| XskError::Sys {
@@ -541,7 +542,10 @@ impl Worker {
     }
 
     fn remove_socket(&mut self, slot: u32) {
-        let Some(s) = self.socks.iter().position(|x| x.as_ref().is_some_and(|x| x.slot == slot))
+        let Some(s) = self
+            .socks
+            .iter()
+            .position(|x| x.as_ref().is_some_and(|x| x.slot == slot))
         else {
             return;
         };
@@ -597,4 +601,3 @@ impl HandoffQueues {
 
 /// Pipeline counters of a worker, for reports.
 pub type PipelineCounters = Arc<Counters>;
-

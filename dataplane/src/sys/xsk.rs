@@ -216,7 +216,12 @@ pub struct Ring<T: RingItem> {
 unsafe impl<T: RingItem> Send for Ring<T> {}
 
 impl<T: RingItem> Ring<T> {
-    fn map(fd: BorrowedFd<'_>, off: &libc::xdp_ring_offset, size: u32, pgoff: u64) -> Result<Self, XskError> {
+    fn map(
+        fd: BorrowedFd<'_>,
+        off: &libc::xdp_ring_offset,
+        size: u32,
+        pgoff: u64,
+    ) -> Result<Self, XskError> {
         let map_len = off.desc as usize + size as usize * std::mem::size_of::<T>();
         // SAFETY: mapping a socket's ring at the kernel's documented page offset; the length is
         // what the kernel reported plus the ring entries; the result is checked.
@@ -395,7 +400,12 @@ pub struct XskSocket {
     queue: u32,
 }
 
-fn setsockopt<T>(fd: BorrowedFd<'_>, opt: libc::c_int, v: &T, call: &'static str) -> Result<(), XskError> {
+fn setsockopt<T>(
+    fd: BorrowedFd<'_>,
+    opt: libc::c_int,
+    v: &T,
+    call: &'static str,
+) -> Result<(), XskError> {
     // SAFETY: `v` is a live value of the type this option takes, passed with its exact size.
     let r = unsafe {
         libc::setsockopt(
@@ -420,9 +430,16 @@ impl XskSocket {
         queue: u32,
         sizes: RingSizes,
     ) -> Result<Self, XskError> {
-        for (n, what) in [(sizes.rx, "rx"), (sizes.tx, "tx"), (sizes.fill, "fill"), (sizes.comp, "completion")] {
+        for (n, what) in [
+            (sizes.rx, "rx"),
+            (sizes.tx, "tx"),
+            (sizes.fill, "fill"),
+            (sizes.comp, "completion"),
+        ] {
             if !n.is_power_of_two() {
-                return Err(XskError::Config(format!("{what} ring size {n} is not a power of two")));
+                return Err(XskError::Config(format!(
+                    "{what} ring size {n} is not a power of two"
+                )));
             }
         }
         // SAFETY: plain socket(2) call; the result is checked before being owned.
@@ -442,12 +459,37 @@ impl XskSocket {
                 flags: 0,
                 tx_metadata_len: 0,
             };
-            setsockopt(fd.as_fd(), libc::XDP_UMEM_REG, &reg, "setsockopt(XDP_UMEM_REG)")?;
+            setsockopt(
+                fd.as_fd(),
+                libc::XDP_UMEM_REG,
+                &reg,
+                "setsockopt(XDP_UMEM_REG)",
+            )?;
         }
-        setsockopt(fd.as_fd(), libc::XDP_UMEM_FILL_RING, &sizes.fill, "setsockopt(XDP_UMEM_FILL_RING)")?;
-        setsockopt(fd.as_fd(), libc::XDP_UMEM_COMPLETION_RING, &sizes.comp, "setsockopt(XDP_UMEM_COMPLETION_RING)")?;
-        setsockopt(fd.as_fd(), libc::XDP_RX_RING, &sizes.rx, "setsockopt(XDP_RX_RING)")?;
-        setsockopt(fd.as_fd(), libc::XDP_TX_RING, &sizes.tx, "setsockopt(XDP_TX_RING)")?;
+        setsockopt(
+            fd.as_fd(),
+            libc::XDP_UMEM_FILL_RING,
+            &sizes.fill,
+            "setsockopt(XDP_UMEM_FILL_RING)",
+        )?;
+        setsockopt(
+            fd.as_fd(),
+            libc::XDP_UMEM_COMPLETION_RING,
+            &sizes.comp,
+            "setsockopt(XDP_UMEM_COMPLETION_RING)",
+        )?;
+        setsockopt(
+            fd.as_fd(),
+            libc::XDP_RX_RING,
+            &sizes.rx,
+            "setsockopt(XDP_RX_RING)",
+        )?;
+        setsockopt(
+            fd.as_fd(),
+            libc::XDP_TX_RING,
+            &sizes.tx,
+            "setsockopt(XDP_TX_RING)",
+        )?;
 
         let mut off = std::mem::MaybeUninit::<libc::xdp_mmap_offsets>::zeroed();
         let mut optlen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
@@ -465,14 +507,36 @@ impl XskSocket {
             return Err(sys("getsockopt(XDP_MMAP_OFFSETS)"));
         }
         if optlen as usize != std::mem::size_of::<libc::xdp_mmap_offsets>() {
-            return Err(XskError::Config("kernel without ring flags (needs Linux 5.4+)".into()));
+            return Err(XskError::Config(
+                "kernel without ring flags (needs Linux 5.4+)".into(),
+            ));
         }
         // SAFETY: zero-initialised and filled by the kernel; every bit pattern is valid u64s.
         let off = unsafe { off.assume_init() };
-        let rx = Ring::map(fd.as_fd(), &off.rx, sizes.rx, libc::XDP_PGOFF_RX_RING as u64)?;
-        let tx = Ring::map(fd.as_fd(), &off.tx, sizes.tx, libc::XDP_PGOFF_TX_RING as u64)?;
-        let fill = Ring::map(fd.as_fd(), &off.fr, sizes.fill, libc::XDP_UMEM_PGOFF_FILL_RING)?;
-        let comp = Ring::map(fd.as_fd(), &off.cr, sizes.comp, libc::XDP_UMEM_PGOFF_COMPLETION_RING)?;
+        let rx = Ring::map(
+            fd.as_fd(),
+            &off.rx,
+            sizes.rx,
+            libc::XDP_PGOFF_RX_RING as u64,
+        )?;
+        let tx = Ring::map(
+            fd.as_fd(),
+            &off.tx,
+            sizes.tx,
+            libc::XDP_PGOFF_TX_RING as u64,
+        )?;
+        let fill = Ring::map(
+            fd.as_fd(),
+            &off.fr,
+            sizes.fill,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+        )?;
+        let comp = Ring::map(
+            fd.as_fd(),
+            &off.cr,
+            sizes.comp,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+        )?;
 
         let (flags, shared_fd) = match shared {
             Some(s) => (libc::XDP_SHARED_UMEM, s.as_raw_fd() as u32),
@@ -527,9 +591,20 @@ impl XskSocket {
         // SAFETY: sendto with no buffer and no address is the AF_XDP TX wakeup; nothing is read
         // from or written to user memory.
         let r = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
         };
-        r < 0 && matches!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY))
+        r < 0
+            && matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::EBUSY)
+            )
     }
 
     /// Wakes the kernel's RX side (after refilling when the fill ring asks for it).
@@ -598,13 +673,20 @@ impl Poller {
     pub fn wait(&mut self, timeout_ms: i32) {
         // SAFETY: `fds` is a live array of `len` pollfd records; the fds are owned by sockets
         // the caller keeps open (a closed one only yields POLLNVAL).
-        unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, timeout_ms) };
+        unsafe {
+            libc::poll(
+                self.fds.as_mut_ptr(),
+                self.fds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
     }
 }
 
 /// The index of interface `name` in this network namespace.
 pub fn if_index(name: &str) -> Result<u32, XskError> {
-    let c = std::ffi::CString::new(name).map_err(|_| XskError::Config(format!("interface name {name:?}")))?;
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| XskError::Config(format!("interface name {name:?}")))?;
     // SAFETY: `c` is a NUL-terminated string that outlives the call.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
@@ -632,9 +714,8 @@ impl Notifier {
             return Err(sys("eventfd"));
         }
         // SAFETY: `raw` is a fresh fd nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd })
     }
 
     /// Makes the fd readable (wakes a poller).
