@@ -21,14 +21,25 @@ fn prefix(name: &str) -> String {
 /// Runs `f` on a fresh 2 x 2 lab with servers in every pod; checks afterwards that nothing of
 /// the lab is left, whatever `f` did.
 fn with_lab(name: &str, f: impl FnOnce(&mut Lab) -> Result<()>) {
+    with_lab_spec(name, |_| {}, f)
+}
+
+fn with_lab_spec(
+    name: &str,
+    spec: impl FnOnce(&mut LabSpec),
+    f: impl FnOnce(&mut Lab) -> Result<()>,
+) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lab::cleanup_on_signal().expect("signal handler");
     assert!(
         nix::unistd::geteuid().is_root(),
         "the end-to-end tests need root (namespaces, XDP)"
     );
     let p = prefix(name);
+    let mut ls = LabSpec::new(&p, 2, 2);
+    spec(&mut ls);
     let r = (|| -> Result<()> {
-        let mut lab = Lab::up(&LabSpec::new(&p, 2, 2))?;
+        let mut lab = Lab::up(&ls)?;
         lab.serve_all()?;
         let r = f(&mut lab);
         if r.is_err() {
@@ -362,5 +373,119 @@ fn a_failing_test_still_leaves_nothing_behind() {
     assert!(
         !ps.contains(&format!("xdpnet-lab-{p}/")),
         "a daemon of the failed lab is still running"
+    );
+}
+
+fn ports_of(s: &serde_json::Value) -> Vec<String> {
+    s["ports"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["ifname"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn pods_leave_and_return_with_the_state_file_in_busy_poll_mode() {
+    with_lab_spec(
+        "churn",
+        |s| s.daemon_args.push("--busy-poll".into()),
+        |lab| {
+            let (a, b) = (lab.pods[0].clone(), lab.pods[1].clone());
+            let node_ns = lab.nodes[0].ns.clone();
+            lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 1 << 20)?;
+            assert!(xdp_attached(&node_ns, &b.host_if));
+
+            // Pod b is deleted from the cluster: its port is unwired and its frames come back.
+            let g = status(lab, 0)["generation"].as_u64().unwrap_or(0);
+            lab.absent.insert(1);
+            lab.write_state()?;
+            lab.wait_generation(0, g, Duration::from_secs(10))?;
+            let t = Instant::now();
+            while ports_of(&status(lab, 0)).contains(&b.host_if)
+                && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let s = fresh_status(lab, 0);
+            assert_eq!(s["local_endpoints"], 1, "{s}");
+            assert!(!ports_of(&s).contains(&b.host_if), "{:?}", ports_of(&s));
+            assert!(
+                !xdp_attached(&node_ns, &b.host_if),
+                "program left on a removed pod port"
+            );
+            frames_accounted(&s);
+            assert!(
+                lab::ping(&a.ns, b.ip, 2).is_err(),
+                "a removed pod is still reachable"
+            );
+            // The service no longer uses it.
+            let web = &lab.services[0];
+            let seen = spread(&a.ns, SocketAddrV4::new(web.cluster_ip, web.port), 30)?;
+            assert!(!seen.contains_key(&b.name), "{seen:?}");
+
+            // It comes back.
+            let g = status(lab, 0)["generation"].as_u64().unwrap_or(0);
+            lab.absent.clear();
+            lab.write_state()?;
+            lab.wait_generation(0, g, Duration::from_secs(10))?;
+            lab.wait_ready(Duration::from_secs(10))?;
+            let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 1 << 20)?;
+            assert_eq!(x.server, b.name);
+            let x = lab::tcp_exchange(&lab.pods[2].ns, SocketAddrV4::new(b.ip, POD_PORT), 1 << 20)?;
+            assert_eq!(x.server, b.name);
+            frames_accounted(&fresh_status(lab, 0));
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn two_workers_per_node_and_a_two_queue_uplink() {
+    with_lab_spec(
+        "mq",
+        |s| {
+            s.workers = 2;
+            s.uplink_queues = 2;
+        },
+        |lab| {
+            let s = status(lab, 0);
+            let up = s["ports"]
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["ifname"] == "eth0").cloned())
+                .context("uplink port")?;
+            assert_eq!(up["queues"], serde_json::json!([[0, 0], [1, 1]]), "{up}");
+            let (a, b, c) = (
+                lab.pods[0].clone(),
+                lab.pods[1].clone(),
+                lab.pods[2].clone(),
+            );
+            for _ in 0..3 {
+                lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 1 << 20)?;
+                lab::tcp_exchange(&a.ns, SocketAddrV4::new(c.ip, POD_PORT), 1 << 20)?;
+                lab::tcp_exchange(&c.ns, SocketAddrV4::new(b.ip, POD_PORT), 1 << 20)?;
+            }
+            let web = &lab.services[0];
+            let seen = spread(&a.ns, SocketAddrV4::new(web.cluster_ip, web.port), 40)?;
+            assert_eq!(seen.len(), 4, "{seen:?}");
+            let s = fresh_status(lab, 0);
+            let workers = s["workers"].as_array().context("workers")?;
+            assert_eq!(workers.len(), 2);
+            // Both workers forwarded, and frames crossed between them (pods of one node sit on
+            // different workers), each copy accounted for.
+            let handoff: u64 = workers
+                .iter()
+                .map(|w| w["handoff_out"].as_u64().unwrap_or(0))
+                .sum();
+            assert!(handoff > 0, "{s}");
+            for w in workers {
+                assert!(w["tx"].as_u64().unwrap_or(0) > 0, "{w}");
+                assert_eq!(w["handoff_drop"], 0, "{w}");
+            }
+            frames_accounted(&s);
+            Ok(())
+        },
     );
 }

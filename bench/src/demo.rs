@@ -60,6 +60,7 @@ pub fn lab(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("up") => {
             let o = opts(rest, DEFAULT_PREFIX)?;
+            lab::cleanup_on_signal()?;
             let lab = Lab::up(&LabSpec::new(&o.prefix, o.nodes, o.pods))?;
             println!(
                 "lab {} up: {} nodes, {} pods; state {}; logs in {}",
@@ -131,10 +132,9 @@ pub fn lab(args: &[String]) -> Result<()> {
 pub fn demo(args: &[String]) -> Result<()> {
     root()?;
     let o = opts(args, "xndemo")?;
+    // Ctrl-C (or SIGTERM) at any point removes the lab and exits.
+    lab::cleanup_on_signal()?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
     println!(
         "building the lab: {} nodes x {} pods (namespaces {}-*)",
         o.nodes, o.pods, o.prefix
@@ -245,7 +245,7 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         let (got, _) = sink.finish();
         println!(
-            "  ok  UDP flood {} -> {} (64-byte payloads, one kernel socket, {secs} s): sent {:.0} kpps, delivered {:.0} kpps ({:.1} % lost: the sender outruns the debug-free path of the receiver's kernel or ours; see BENCHMARKS.md)",
+            "  ok  UDP flood {} -> {} across nodes (64-byte payloads from one kernel socket, {secs} s): offered {:.0} kpps, delivered {:.0} kpps ({:.1} % lost where the sender outruns a stage; counters below)",
             a.name,
             b.name,
             sent as f64 / secs / 1e3,

@@ -179,6 +179,10 @@ pub struct LabSpec {
     pub bin_dir: PathBuf,
     /// Extra xdpnetd arguments.
     pub daemon_args: Vec<String>,
+    /// Workers (cores) per daemon.
+    pub workers: usize,
+    /// RX/TX queues of each node's uplink veth.
+    pub uplink_queues: usize,
 }
 
 impl LabSpec {
@@ -190,6 +194,8 @@ impl LabSpec {
             pods_per_node,
             bin_dir: bin_dir(),
             daemon_args: Vec::new(),
+            workers: 1,
+            uplink_queues: 1,
         }
     }
 }
@@ -228,10 +234,14 @@ pub struct Lab {
     pub pods: Vec<LabPod>,
     /// Services in the state file.
     pub services: Vec<LabService>,
+    /// Pods left out of the state file (as if deleted from the cluster; their namespaces stay).
+    pub absent: std::collections::BTreeSet<usize>,
     daemons: Vec<Option<Child>>,
     servers: Vec<Server>,
     bin_dir: PathBuf,
     daemon_args: Vec<String>,
+    workers: usize,
+    uplink_queues: usize,
     keep: bool,
 }
 
@@ -276,12 +286,16 @@ impl Lab {
             nodes: Vec::new(),
             pods: Vec::new(),
             services: Vec::new(),
+            absent: Default::default(),
             daemons: Vec::new(),
             servers: Vec::new(),
             bin_dir: spec.bin_dir.clone(),
             daemon_args: spec.daemon_args.clone(),
+            workers: spec.workers.clamp(1, ncpu),
+            uplink_queues: spec.uplink_queues.clamp(1, 16),
             keep: false,
         };
+        register(&spec.prefix);
         for i in 1..=spec.nodes {
             let name = format!("node-{i}");
             lab.nodes.push(LabNode {
@@ -456,8 +470,28 @@ impl Lab {
     /// Veth `eth0` in `ns` with `addr`/24, peer `peer` on the underlay bridge.
     fn uplink(&self, ns: &str, peer: &str, addr: Ipv4Addr) -> Result<()> {
         let ul = &self.underlay_ns;
+        let q = self.uplink_queues.to_string();
         ip(&[
-            "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", ul,
+            "-n",
+            ns,
+            "link",
+            "add",
+            "eth0",
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "netns",
+            ul,
         ])?;
         ip(&["-n", ul, "link", "set", peer, "master", "br0", "up"])?;
         ip(&[
@@ -485,7 +519,10 @@ impl Lab {
                 n.ip
             );
         }
-        for p in &self.pods {
+        for (i, p) in self.pods.iter().enumerate() {
+            if self.absent.contains(&i) {
+                continue;
+            }
             let _ = write!(
                 y,
                 "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: lab\n  annotations:\n    xdpnet.io/interface: {}\n    xdpnet.io/mac: \"{}\"\nspec:\n  nodeName: {}\n  containers: []\nstatus:\n  phase: Running\n  podIP: {}\n",
@@ -512,7 +549,7 @@ impl Lab {
                 "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-1\n  namespace: lab\n  labels: {{kubernetes.io/service-name: {}}}\naddressType: IPv4\nports: [{{name: p, port: {POD_PORT}, protocol: {}}}]\nendpoints:\n",
                 s.name, s.name, s.protocol
             );
-            for &b in &s.backends {
+            for &b in s.backends.iter().filter(|b| !self.absent.contains(b)) {
                 let p = &self.pods[b];
                 let _ = writeln!(
                     y,
@@ -542,6 +579,7 @@ impl Lab {
             .open(&node.log)?;
         let xdpnetd = self.bin_dir.join("xdpnetd");
         let state = self.state_path();
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut args: Vec<String> = vec![
             "netns".into(),
             "exec".into(),
@@ -554,7 +592,10 @@ impl Lab {
             "--uplink".into(),
             "eth0".into(),
             "--cores".into(),
-            node.core.to_string(),
+            (0..self.workers)
+                .map(|k| ((node.core + k) % ncpu).to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             "--status-file".into(),
             node.status.to_string_lossy().into_owned(),
             "--frames".into(),
@@ -609,7 +650,12 @@ impl Lab {
     }
 
     fn ready(&self, n: usize) -> bool {
-        let pods = self.pods.iter().filter(|p| p.node == n).count() as u64;
+        let pods = self
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| p.node == n && !self.absent.contains(i))
+            .count() as u64;
         self.status(n).is_some_and(|s| {
             s["local_endpoints"].as_u64() == Some(pods)
                 && s["remote_nodes"].as_array().map(Vec::len) == Some(self.nodes.len() - 1)
@@ -695,7 +741,50 @@ impl Lab {
         }
         teardown(&self.prefix);
         let _ = std::fs::remove_dir_all(&self.dir);
+        unregister(&self.prefix);
     }
+}
+
+/// Prefixes of the labs this process has up (for cleanup on a signal).
+static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn register(prefix: &str) {
+    if let Ok(mut l) = LIVE.lock() {
+        l.push(prefix.to_string());
+    }
+}
+
+fn unregister(prefix: &str) {
+    if let Ok(mut l) = LIVE.lock() {
+        l.retain(|p| p != prefix);
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, tears down every lab this process has up, then exits with
+/// 128 + the signal. Call once, early (the demo, `lab up` and the tests do).
+pub fn cleanup_on_signal() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut r = Ok(());
+    ONCE.call_once(
+        || match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(mut sigs) => {
+                std::thread::spawn(move || {
+                    if let Some(sig) = sigs.forever().next() {
+                        let live: Vec<String> = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+                        for p in live {
+                            eprintln!("signal {sig}: removing lab {p}");
+                            teardown(&p);
+                            let _ = std::fs::remove_dir_all(lab_dir(&p));
+                        }
+                        std::process::exit(128 + sig);
+                    }
+                });
+            }
+            Err(e) => r = Err(anyhow::anyhow!("installing signal handlers: {e}")),
+        },
+    );
+    r
 }
 
 impl Drop for Lab {

@@ -277,3 +277,57 @@ impl Drop for Steering {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fib::{Protocol, ServicePortSpec};
+
+    #[test]
+    fn frontends_cover_node_ports_and_external_addresses_only() {
+        let node = Ipv4Addr::new(198, 18, 0, 11);
+        let svc = ServiceSpec {
+            name: "a/web".into(),
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            load_balancer_ips: vec![Ipv4Addr::new(203, 0, 113, 7)],
+            external_ips: vec![node],
+            ports: vec![
+                ServicePortSpec {
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port: Some(30080),
+                    backends: vec![],
+                },
+                ServicePortSpec {
+                    protocol: Protocol::Udp,
+                    port: 53,
+                    node_port: None,
+                    backends: vec![],
+                },
+            ],
+            ..Default::default()
+        };
+        let f = frontends(node, [&svc].into_iter());
+        let want: BTreeSet<Frontend> = [
+            (node, 30080, 6),
+            (node, 80, 6),
+            (node, 53, 17),
+            (Ipv4Addr::new(203, 0, 113, 7), 80, 6),
+            (Ipv4Addr::new(203, 0, 113, 7), 53, 17),
+            (Ipv4Addr::new(203, 0, 113, 7), 0, 1),
+        ]
+        .into_iter()
+        .map(|(addr, port, proto)| Frontend { addr, port, proto })
+        .collect();
+        // No ClusterIP (never on the wire of the uplink), no ICMP for the node's own address
+        // (its pings belong to the node).
+        assert_eq!(f, want);
+        let k = Frontend {
+            addr: Ipv4Addr::new(1, 2, 3, 4),
+            port: 0x1234,
+            proto: 17,
+        }
+        .key();
+        assert_eq!(k, [1, 2, 3, 4, 0x12, 0x34, 17, 0]);
+    }
+}
