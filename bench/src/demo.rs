@@ -146,6 +146,8 @@ pub fn demo(args: &[String]) -> Result<()> {
         t.elapsed()
     );
     lab.serve_all()?;
+    let node_ns = lab.nodes[0].ns.clone();
+    lab.serve(&node_ns, "node-1 (kernel)", 2222)?;
     let r = demo_traffic(&lab, &stop);
     let ok = r.is_ok();
     if let Err(e) = &r {
@@ -179,15 +181,23 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         "\ntraffic (each TCP line: {} MiB sent and echoed back, every byte checked)",
         mb >> 20
     );
+    // The same transfer on the kernel path over the same underlay: the client to the node's own
+    // address (not steered: XDP_PASS to the node's kernel). The baseline of this run.
+    let base = lab::tcp_exchange(&lab.ext_ns, SocketAddrV4::new(lab.nodes[0].ip, 2222), mb)?;
+    let base_rate = rate(&base);
+    println!(
+        "  ok  baseline: client -> node-1's own address, kernel only (XDP_PASS): TCP {base_rate:.0} Mbit/s"
+    );
     if let Some(b) = same {
         check(stop)?;
         lab::ping(&a.ns, b.ip, 3)?;
         let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), mb)?;
         println!(
-            "  ok  pod->pod same node   {} -> {}: ping, TCP {:.0} Mbit/s",
+            "  ok  pod->pod same node   {} -> {}: ping, TCP {:.0} Mbit/s (x{:.2} baseline)",
             a.name,
             b.name,
-            rate(&x)
+            rate(&x),
+            rate(&x) / base_rate
         );
     }
     if let Some(b) = other {
@@ -195,10 +205,11 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         lab::ping(&a.ns, b.ip, 3)?;
         let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), mb)?;
         println!(
-            "  ok  pod->pod cross node  {} -> {} (VXLAN): ping, TCP {:.0} Mbit/s",
+            "  ok  pod->pod cross node  {} -> {} (VXLAN): ping, TCP {:.0} Mbit/s (x{:.2} baseline)",
             a.name,
             b.name,
-            rate(&x)
+            rate(&x),
+            rate(&x) / base_rate
         );
     }
     check(stop)?;
@@ -219,9 +230,10 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
     let to = SocketAddrV4::new(node.ip, np.node_port.unwrap_or(30080));
     let x = lab::tcp_exchange(&lab.ext_ns, to, mb)?;
     println!(
-        "  ok  NodePort {to} from a client off the cluster -> {}: TCP {:.0} Mbit/s",
+        "  ok  NodePort {to} from a client off the cluster -> {}: TCP {:.0} Mbit/s (x{:.2} baseline)",
         x.server,
-        rate(&x)
+        rate(&x),
+        rate(&x) / base_rate
     );
     check(stop)?;
     let udp = &lab.services[2];
