@@ -9,7 +9,7 @@
 //! uplink's steered frontends equal to the services', ages conntrack, and writes a status file.
 //! On SIGTERM/SIGINT it returns; dropping the dataplane detaches programs and closes sockets.
 
-use crate::state::{ClusterState, FileSource};
+use crate::state::{ClusterState, FileSource, Source};
 use crate::translate::{self, Desired, LocalConfig, RemoteNode};
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, BTreeSet};
@@ -442,10 +442,10 @@ pub fn run(
         uplink_port: UPLINK_PORT,
         host_port: HOST_PORT,
     };
-    let mut source = FileSource::new(&cfg.state);
+    let mut source: Box<dyn Source> = Box::new(FileSource::new(&cfg.state));
     let state = source
         .poll()
-        .with_context(|| format!("cluster state {}", cfg.state.display()))?
+        .with_context(|| format!("cluster state from {}", source.describe()))?
         .unwrap_or_default();
     let desired = translate::desired(&state, &local)
         .with_context(|| format!("cluster state {}", cfg.state.display()))?;

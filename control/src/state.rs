@@ -163,6 +163,25 @@ impl ClusterState {
     }
 }
 
+/// A source of cluster state: the file source now, the Kubernetes watch source next. The
+/// daemon polls it from its control loop and rebuilds the table from what it returns.
+pub trait Source {
+    /// The new state when it changed since the last successful poll; `Ok(None)` when
+    /// unchanged; an error (the caller keeps its state) when the new state is unusable.
+    fn poll(&mut self) -> Result<Option<ClusterState>, StateError>;
+    /// What it reads from, for logs.
+    fn describe(&self) -> String;
+}
+
+impl Source for FileSource {
+    fn poll(&mut self) -> Result<Option<ClusterState>, StateError> {
+        FileSource::poll(self)
+    }
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
 /// Watches a state file (or directory) for changes by content, so editors that replace the
 /// file, `touch` and rename-into-place all count, and a half-written file that fails to parse
 /// is retried on the next poll.
