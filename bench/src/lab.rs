@@ -715,11 +715,10 @@ impl Lab {
     /// Keeps the lab running after this value drops (for `lab up`).
     pub fn keep(mut self) {
         self.keep = true;
-        for c in self.daemons.iter_mut().flatten() {
-            // Detached: the daemons outlive this process; `lab down` stops them.
-            let _ = c.id();
-        }
+        // Dropping a Child neither kills nor waits: the daemons outlive this process and
+        // `lab down` stops them.
         self.daemons.clear();
+        unregister(&self.prefix);
     }
 
     /// Stops servers and daemons, deletes every namespace and the lab directory.

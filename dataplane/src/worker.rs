@@ -432,6 +432,9 @@ impl Worker {
 
     /// Frames other workers copied for our ports -> our TX rings.
     fn take_handoffs(&mut self) -> usize {
+        if self.shared.handoff[self.idx].inbox.is_empty() {
+            return 0;
+        }
         let q = self.shared.handoff[self.idx].clone();
         let mut n = 0;
         while n < MAX_BATCH {
