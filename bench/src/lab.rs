@@ -600,6 +600,18 @@ impl Lab {
             node.status.to_string_lossy().into_owned(),
             "--frames".into(),
             "4096".into(),
+            "--inspect-socket".into(),
+            self.dir
+                .join(format!("{}.sock", node.name))
+                .to_string_lossy()
+                .into_owned(),
+            "--metrics-addr".into(),
+            "127.0.0.1:9460".into(),
+            "--state-dir".into(),
+            self.dir
+                .join(format!("{}-state", node.name))
+                .to_string_lossy()
+                .into_owned(),
         ];
         args.extend(self.daemon_args.iter().cloned());
         let child = Command::new("ip")

@@ -1,25 +1,30 @@
 //! xdpnetd's control loop: a cluster-state source in, a running dataplane out.
 //!
-//! At start: reads the uplink's MAC and MTU and the host port's MAC, loads the state, builds
-//! the first table, starts the workers, wires the uplink and the host port. Then, every tick:
-//! reloads the state when the file changed (a bad file is logged and the old state kept),
-//! resolves next-hop MACs of other nodes from the kernel's neighbour table (probing the ones it
-//! does not know), attaches new local pods' interfaces, builds and publishes the table only when
-//! something changed, unwires ports of pods that went away after the grace period, keeps the
-//! uplink's steered frontends equal to the services', ages conntrack, and writes a status file.
-//! On SIGTERM/SIGINT it returns; dropping the dataplane detaches programs and closes sockets.
+//! At start: reads the uplink's MAC and MTU and the host port's MAC, gets the first state (from
+//! the source, or from the state persisted by the last run when the source cannot answer),
+//! builds the first table, starts the workers, wires the uplink and the host port. Then it
+//! waits for events: a batch of events arriving together (a burst) is coalesced into one
+//! refresh — the loop keeps taking events while they come less than 1 ms apart, for at most
+//! 10 ms — so a lone event is published within about a millisecond and a burst once. Only what
+//! the events touched is recomputed ([`Controller`]); the table is built and published only
+//! when something in it changed. Around that: next-hop MACs of other nodes from the kernel's
+//! neighbour table, attaching and detaching pod interfaces, the uplink's steered frontends,
+//! conntrack ageing, the status file, metrics and inspection. SIGTERM/SIGINT end the loop;
+//! dropping the dataplane detaches programs and closes sockets.
 
-use crate::state::{ClusterState, FileSource, Source};
-use crate::translate::{self, Desired, LocalConfig, RemoteNode};
+use crate::controller::Controller;
+use crate::metrics::{ControlMetrics, Text, label};
+use crate::state::{ClusterState, Event, FileSource, Kind, Source};
+use crate::translate::{LocalConfig, LocalPod};
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use xdpnet_dataplane::counters::DropReason;
-use xdpnet_dataplane::fib::{Endpoint, FibBuilder, Ipv4Net, PortId, RemoteNodeSpec};
+use xdpnet_dataplane::fib::{Endpoint, Ipv4Net, PortId, RemoteNodeSpec};
 use xdpnet_dataplane::runtime::{Dataplane, DataplaneConfig, PortRole};
 use xdpnet_dataplane::steer;
 use xdpnet_dataplane::sys::xsk;
@@ -32,13 +37,26 @@ pub const HOST_PORT: PortId = 1;
 /// First port id of pods.
 pub const FIRST_POD_PORT: PortId = 2;
 
-/// The daemon's settings (from the command line or, later, the ConfigMap).
+/// Where the cluster state comes from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A YAML file or directory of objects.
+    File(PathBuf),
+    /// The Kubernetes API (in-cluster config, or `kubeconfig`, or `server` for a plain-HTTP
+    /// API server such as the tests' double).
+    Kubernetes {
+        /// URL of an API server to use instead of the inferred configuration.
+        server: Option<String>,
+    },
+}
+
+/// The daemon's settings (from the command line and the config file).
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     /// This node's name (its Node object).
     pub node_name: String,
-    /// Cluster state file or directory.
-    pub state: PathBuf,
+    /// The source of cluster state.
+    pub source: SourceConfig,
     /// Uplink interface.
     pub uplink: String,
     /// The dataplane's end of the host port.
@@ -57,6 +75,12 @@ pub struct DaemonConfig {
     pub gateway_mac: MacAddr,
     /// Where to write the status JSON (None: nowhere).
     pub status_file: Option<PathBuf>,
+    /// Directory for state kept across restarts (the last cluster state); None: nothing kept.
+    pub state_dir: Option<PathBuf>,
+    /// Address of the metrics and health HTTP endpoint (None: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Unix socket for `xdpnetd inspect` (None: off).
+    pub inspect_socket: Option<PathBuf>,
     /// Dataplane runtime settings.
     pub dataplane: DataplaneConfig,
 }
@@ -99,19 +123,33 @@ struct Attached {
     mac: MacAddr,
 }
 
+/// What the metrics and inspection endpoints serve, refreshed by the control loop.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Prometheus text.
+    pub metrics: Mutex<String>,
+    /// Inspection JSON.
+    pub inspect: Mutex<String>,
+    /// Seconds since the epoch of the control loop's last turn (liveness).
+    pub heartbeat: AtomicU64,
+    /// The dataplane forwards with a table built from cluster state (readiness).
+    pub ready: AtomicBool,
+}
+
 struct Daemon {
     cfg: DaemonConfig,
-    local: LocalConfig,
     dp: Dataplane,
-    builder: FibBuilder,
-    state: ClusterState,
-    desired: Desired,
+    ctl: Controller,
     neigh: BTreeMap<Ipv4Addr, MacAddr>,
     /// ifname -> attachment
     pods: BTreeMap<String, Attached>,
     warnings: Vec<String>,
-    publishes: u64,
-    last_publish: Option<Instant>,
+    logged: BTreeSet<String>,
+    metrics: ControlMetrics,
+    degraded: bool,
+    shared: Arc<Shared>,
+    persisted_at: Option<Instant>,
+    persist_due: bool,
 }
 
 impl Daemon {
@@ -120,13 +158,14 @@ impl Daemon {
         (FIRST_POD_PORT..xdpnet_dataplane::runtime::MAX_PORTS as PortId).find(|p| !used.contains(p))
     }
 
-    /// Brings ports and table in line with `self.desired`.
-    fn apply(&mut self) {
-        let d = self.desired.clone();
-        let mut warnings = d.warnings.clone();
+    /// Brings ports, endpoints and other nodes in line with the controller; builds and
+    /// publishes when the table changed. `since`: when the first event of this batch arrived.
+    fn sync(&mut self, since: Option<Instant>) {
+        let node = self.ctl.node().clone();
+        let mut warnings = self.ctl.warnings();
         // Other nodes: only those whose next hop is known.
         let mut remotes: BTreeMap<String, RemoteNodeSpec> = BTreeMap::new();
-        for r in &d.remotes {
+        for r in self.ctl.remotes() {
             match self.neigh.get(&r.underlay_ip) {
                 Some(&mac) => {
                     remotes.insert(
@@ -149,13 +188,14 @@ impl Daemon {
             }
         }
         // New local pods: wire their interfaces.
-        let want: BTreeMap<&str, &translate::LocalPod> = d
-            .local_pods
+        let want: BTreeMap<String, LocalPod> = self
+            .ctl
+            .local_pods()
             .iter()
-            .map(|p| (p.ifname.as_str(), p))
+            .map(|p| (p.ifname.clone(), p.clone()))
             .collect();
         for (ifname, p) in &want {
-            if let Some(a) = self.pods.get_mut(*ifname) {
+            if let Some(a) = self.pods.get_mut(ifname) {
                 a.ip = p.ip;
                 a.mac = p.mac;
                 continue;
@@ -167,13 +207,13 @@ impl Daemon {
             match self.dp.add_port(port, ifname, PortRole::Pod) {
                 Ok(()) => {
                     log!(
-                        self.cfg.node_name,
+                        node.name,
                         "attached pod {} ({} on {ifname}, port {port})",
                         p.key,
                         p.ip
                     );
                     self.pods.insert(
-                        ifname.to_string(),
+                        ifname.clone(),
                         Attached {
                             port,
                             ip: p.ip,
@@ -187,16 +227,14 @@ impl Daemon {
         let gone: Vec<String> = self
             .pods
             .keys()
-            .filter(|i| !want.contains_key(i.as_str()))
+            .filter(|i| !want.contains_key(*i))
             .cloned()
             .collect();
 
-        // The table.
-        self.builder.set_node(d.node.clone());
         let want_eps: BTreeMap<Ipv4Addr, Endpoint> = self
             .pods
             .iter()
-            .filter(|(i, _)| want.contains_key(i.as_str()))
+            .filter(|(i, _)| want.contains_key(*i))
             .map(|(_, a)| {
                 (
                     a.ip,
@@ -209,55 +247,45 @@ impl Daemon {
                 )
             })
             .collect();
-        let have_eps: Vec<Ipv4Addr> = self.builder_endpoints();
-        for ip in have_eps {
+        let b = self.ctl.builder();
+        for ip in b.endpoint_ips() {
             if !want_eps.contains_key(&ip) {
-                self.builder.remove_endpoint(ip);
+                b.remove_endpoint(ip);
             }
         }
         for ep in want_eps.values() {
-            if let Err(e) = self.builder.upsert_endpoint(*ep) {
+            if let Err(e) = b.upsert_endpoint(*ep) {
                 warnings.push(format!("endpoint {}: {e}", ep.ip));
             }
         }
-        let have_nodes: Vec<String> = self.builder.remote_names();
-        for n in have_nodes {
+        for n in b.remote_names() {
             if !remotes.contains_key(&n) {
-                self.builder.remove_node(&n);
+                b.remove_node(&n);
             }
         }
         for r in remotes.into_values() {
-            self.builder.upsert_node(r);
+            b.upsert_node(r);
         }
-        let want_svcs: BTreeSet<&str> = d.services.iter().map(|s| s.name.as_str()).collect();
-        for n in self.builder.service_names() {
-            if !want_svcs.contains(n.as_str()) {
-                self.builder.remove_service(&n);
-            }
-        }
-        for s in &d.services {
-            if let Err(e) = self.builder.upsert_service(s.clone()) {
-                warnings.push(format!("service {}: {e}", s.name));
-            }
-        }
-        if self.builder.is_dirty() {
-            let fib = self.builder.build();
-            for w in self.builder.warnings() {
+        if b.is_dirty() {
+            let t = Instant::now();
+            let fib = b.build();
+            for w in b.warnings() {
                 warnings.push(w.to_string());
             }
+            self.metrics.build.observe(t.elapsed());
             let generation = fib.generation();
-            let t = Instant::now();
-            self.dp
-                .publish(fib)
-                .wait_for_readers(Duration::from_secs(1));
-            self.publishes += 1;
-            self.last_publish = Some(Instant::now());
+            let published = self.dp.publish(fib);
+            if let Some(since) = since {
+                self.metrics.event_to_publish.observe(since.elapsed());
+            }
+            self.metrics.publishes += 1;
+            published.wait_for_readers(Duration::from_secs(1));
             let fib = self.dp.fib();
             let expired = self.dp.conntrack().expire_removed_udp_backends(&fib);
             log!(
-                self.cfg.node_name,
-                "published table generation {generation} ({} services, {} local pods, {} remote nodes) in {:?}{}",
-                d.services.len(),
+                node.name,
+                "published table generation {generation} ({} services, {} local pods, {} remote nodes) built in {:?}{}",
+                self.ctl.service_count(),
                 want_eps.len(),
                 fib.remote_nodes().len(),
                 t.elapsed(),
@@ -267,143 +295,109 @@ impl Daemon {
                     String::new()
                 }
             );
+            self.shared.ready.store(true, Ordering::Relaxed);
+            self.persist_due = true;
         }
         for ifname in gone {
             if let Some(a) = self.pods.remove(&ifname) {
                 self.dp.remove_port(a.port);
-                log!(self.cfg.node_name, "detached {ifname} (port {})", a.port);
+                log!(node.name, "detached {ifname} (port {})", a.port);
             }
         }
-        let fronts = steer::frontends(d.node.underlay_ip, d.services.iter());
+        let fronts = steer::frontends(node.underlay_ip, self.ctl.specs());
         if let Err(e) = self.dp.set_frontends(fronts) {
             warnings.push(format!("steering: {e}"));
         }
         for w in &warnings {
-            if !self.warnings.contains(w) {
-                log!(self.cfg.node_name, "warning: {w}");
+            if self.logged.insert(w.clone()) {
+                log!(node.name, "warning: {w}");
             }
         }
+        self.logged.retain(|w| warnings.contains(w));
         self.warnings = warnings;
     }
 
-    fn builder_endpoints(&self) -> Vec<Ipv4Addr> {
-        self.builder.endpoint_ips()
-    }
-
-    fn reload(&mut self, st: ClusterState) {
-        match translate::desired(&st, &self.local) {
-            Ok(d) => {
-                if d.node.underlay_ip != self.desired.node.underlay_ip
-                    || d.node.vxlan_port != self.desired.node.vxlan_port
-                {
-                    if let Err(e) = self.dp.set_vtep(d.node.underlay_ip, d.node.vxlan_port) {
-                        log!(self.cfg.node_name, "steering: {e}");
-                    }
-                }
-                self.state = st;
-                self.desired = d;
-                self.apply();
-            }
-            Err(e) => log!(
-                self.cfg.node_name,
-                "new cluster state not used (keeping the old one): {e}"
-            ),
+    /// Applies a batch of events and syncs.
+    fn handle(&mut self, events: Vec<Event>, since: Instant) {
+        let vtep = (self.ctl.node().underlay_ip, self.ctl.node().vxlan_port);
+        self.metrics.events += events.len() as u64;
+        for e in events {
+            self.ctl.apply(e);
         }
+        let ch = self.ctl.refresh();
+        let node = self.ctl.node();
+        if (node.underlay_ip, node.vxlan_port) != vtep {
+            if let Err(e) = self.dp.set_vtep(node.underlay_ip, node.vxlan_port) {
+                log!(self.cfg.node_name, "steering: {e}");
+            }
+        }
+        if ch.nodes {
+            for r in self.ctl.remotes() {
+                if !self.neigh.contains_key(&r.underlay_ip) {
+                    probe(r.underlay_ip);
+                }
+            }
+        }
+        self.sync(Some(since));
     }
 
     fn remote_ips(&self) -> Vec<Ipv4Addr> {
-        self.desired
-            .remotes
-            .iter()
-            .map(|r: &RemoteNode| r.underlay_ip)
-            .collect()
+        self.ctl.remotes().iter().map(|r| r.underlay_ip).collect()
     }
 
-    fn status(&self) -> serde_json::Value {
-        use serde_json::json;
-        let fib = self.dp.fib();
-        let workers: Vec<serde_json::Value> = self
-            .dp
-            .workers()
-            .iter()
-            .map(|w| {
-                let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
-                    .iter()
-                    .map(|&r| (r.name().to_string(), json!(w.pipeline.drops(r))))
-                    .collect();
-                let io = &w.io;
-                let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-                json!({
-                    "core": w.core,
-                    "rx": io.rx.get(), "tx": io.tx.get(),
-                    "tx_ring_full": io.tx_ring_full.get(),
-                    "handoff_out": io.handoff_out.get(), "handoff_in": io.handoff_in.get(),
-                    "handoff_drop": io.handoff_drop.get(), "no_socket": io.no_socket.get(),
-                    "bad_desc": io.bad_desc.get(), "batches": io.batches.get(),
-                    "kernel": {"rx_dropped": g(&io.xsk_rx_dropped), "rx_ring_full": g(&io.xsk_rx_ring_full),
-                               "fill_ring_empty": g(&io.xsk_fill_empty), "invalid_descs": g(&io.xsk_invalid)},
-                    "frames": {"total": g(&io.frames_total), "free": g(&io.frames_free),
-                               "fill": g(&io.frames_fill), "tx": g(&io.frames_tx)},
-                    "pipeline": {
-                        "rx": w.pipeline.rx.get(), "tx": w.pipeline.tx.get(),
-                        "encap": w.pipeline.encap.get(), "decap": w.pipeline.decap.get(),
-                        "new_flows": w.pipeline.new_flows.get(), "nat": w.pipeline.nat.get(),
-                        "arp_replies": w.pipeline.arp_replies.get(),
-                        "icmp_echo_replies": w.pipeline.icmp_echo_replies.get(),
-                        "drops": drops,
-                    },
-                })
-            })
-            .collect();
-        let [to_socket, passed, unknown] = self.dp.steering_counters();
-        json!({
-            "node": self.cfg.node_name,
-            "pid": std::process::id(),
-            "ready": true,
-            "generation": fib.generation(),
-            "publishes": self.publishes,
-            "objects": {"nodes": self.state.nodes.len(), "pods": self.state.pods.len(),
-                        "services": self.state.services.len(), "endpointslices": self.state.slices.len()},
-            "services": self.desired.services.len(),
-            "local_endpoints": fib.endpoints().count(),
-            "remote_nodes": fib.remote_nodes().iter().map(|r| json!({
-                "name": r.name, "underlay_ip": r.underlay_ip.to_string(), "next_hop_mac": MacAddr(r.outer[0..6].try_into().unwrap_or([0; 6])).to_string()
-            })).collect::<Vec<_>>(),
-            "ports": self.dp.ports().iter().map(|p| json!({
-                "id": p.id, "ifname": p.ifname, "role": format!("{:?}", p.role), "queues": p.queues
-            })).collect::<Vec<_>>(),
-            "frontends": self.dp_frontends(),
-            "steering": {"to_socket": to_socket, "passed": passed, "unknown_port": unknown},
-            "conntrack_entries": self.dp.conntrack().len(),
-            "workers": workers,
-            "warnings": self.warnings,
-        })
-    }
-
-    fn dp_frontends(&self) -> Vec<String> {
-        steer::frontends(self.desired.node.underlay_ip, self.desired.services.iter())
-            .iter()
-            .map(|f| format!("{}:{}/{}", f.addr, f.port, f.proto))
-            .collect()
-    }
-
-    fn write_status(&self) {
-        let Some(path) = &self.cfg.status_file else {
+    /// Saves the cluster state for the next start (write, fsync, rename), at most every 5 s.
+    fn persist(&mut self, force: bool) {
+        let Some(dir) = &self.cfg.state_dir else {
             return;
         };
-        let tmp = path.with_extension("tmp");
-        let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
-        if std::fs::write(&tmp, body)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .is_err()
+        if !self.persist_due
+            || (!force
+                && self
+                    .persisted_at
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5)))
         {
-            log!(
+            return;
+        }
+        let path = dir.join("cluster-state.yaml");
+        match crate::state::save(self.ctl.state(), &path) {
+            Ok(()) => {
+                self.persist_due = false;
+                self.persisted_at = Some(Instant::now());
+            }
+            Err(e) => log!(
                 self.cfg.node_name,
-                "cannot write status file {}",
-                path.display()
-            );
+                "cannot persist the cluster state: {e:#}"
+            ),
         }
     }
+}
+
+mod report;
+
+/// Reads the state persisted by a previous run, if any.
+fn load_persisted(cfg: &DaemonConfig) -> Option<ClusterState> {
+    let path = cfg.state_dir.as_ref()?.join("cluster-state.yaml");
+    if !path.exists() {
+        return None;
+    }
+    match ClusterState::load(&path) {
+        Ok(st) => Some(st),
+        Err(e) => {
+            log!(cfg.node_name, "ignoring persisted state: {e}");
+            None
+        }
+    }
+}
+
+/// Opens the configured source.
+pub fn open_source(cfg: &DaemonConfig) -> anyhow::Result<Box<dyn Source>> {
+    Ok(match &cfg.source {
+        SourceConfig::File(p) => Box::new(FileSource::new(p)),
+        SourceConfig::Kubernetes { server } => Box::new(
+            crate::kube_source::KubeSource::start(&cfg.node_name, server.clone())
+                .context("starting the Kubernetes source")?,
+        ),
+    })
 }
 
 /// Runs the daemon until `stop` is set. `reload` forces a re-read of the state.
@@ -442,24 +436,78 @@ pub fn run(
         uplink_port: UPLINK_PORT,
         host_port: HOST_PORT,
     };
-    let mut source: Box<dyn Source> = Box::new(FileSource::new(&cfg.state));
-    let state = source
-        .poll()
-        .with_context(|| format!("cluster state from {}", source.describe()))?
-        .unwrap_or_default();
-    let desired = translate::desired(&state, &local)
-        .with_context(|| format!("cluster state {}", cfg.state.display()))?;
-    let mut builder = FibBuilder::new(desired.node.clone());
-    let fib = builder.build();
+    let shared = Arc::new(Shared::default());
+    let _http = match cfg.metrics_addr {
+        Some(a) => Some(crate::http::serve(a, shared.clone()).context("metrics endpoint")?),
+        None => None,
+    };
+    let _inspect = match &cfg.inspect_socket {
+        Some(p) => Some(crate::http::serve_inspect(p, shared.clone()).context("inspect socket")?),
+        None => None,
+    };
+    let mut source = open_source(&cfg)?;
+
+    // The first state: from the source; if it cannot answer, what the last run saw.
+    let mut state = ClusterState::default();
+    let mut first: Vec<Event> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut persisted = load_persisted(&cfg);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match source.next(Duration::from_millis(200)) {
+            Ok(evs) => first.extend(evs),
+            Err(e) => log!(node, "cluster state from {}: {e}", source.describe()),
+        }
+        let mut probe_state = state.clone();
+        for e in first.drain(..) {
+            probe_state.apply(e, &mut Default::default());
+        }
+        state = probe_state;
+        if crate::translate::node_facts(&state, &local).is_ok() && !source.degraded() {
+            break;
+        }
+        if let Some(p) = persisted.take() {
+            if crate::translate::node_facts(&p, &local).is_ok() && source.degraded() {
+                log!(
+                    node,
+                    "{} unavailable: forwarding with the state persisted by the last run",
+                    source.describe()
+                );
+                state = p;
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            // Keep waiting, but say why.
+            log!(
+                node,
+                "waiting for this node's Node object from {}: {}",
+                source.describe(),
+                crate::translate::node_facts(&state, &local)
+                    .err()
+                    .map_or("source degraded".into(), |e| e.to_string())
+            );
+        }
+        if let SourceConfig::File(_) = cfg.source {
+            // A file either has our node or is wrong: say so and stop.
+            crate::translate::node_facts(&state, &local)
+                .with_context(|| format!("cluster state from {}", source.describe()))?;
+        }
+    }
+    let ctl = Controller::new(local, state).context("cluster state")?;
+    let mut b0 = xdpnet_dataplane::fib::FibBuilder::new(ctl.node().clone());
+    let fib = b0.build();
     let mut dp = Dataplane::start(cfg.dataplane.clone(), fib).context("starting the dataplane")?;
     dp.add_port(UPLINK_PORT, &cfg.uplink, PortRole::Uplink)
         .with_context(|| format!("uplink {}", cfg.uplink))?;
     dp.add_port(HOST_PORT, &cfg.host_port, PortRole::Host)
         .with_context(|| format!("host port {}", cfg.host_port))?;
-    dp.set_vtep(desired.node.underlay_ip, desired.node.vxlan_port)?;
+    dp.set_vtep(ctl.node().underlay_ip, ctl.node().vxlan_port)?;
     log!(
         node,
-        "dataplane up: {} worker(s) on cores {:?} ({} mode), uplink {} ({}), host port {}, node {} pod CIDR {}",
+        "dataplane up: {} worker(s) on cores {:?} ({} mode), uplink {} ({}), host port {}, pod CIDR {}, state from {}",
         cfg.dataplane.cores.len(),
         cfg.dataplane.cores,
         if cfg.dataplane.busy_poll {
@@ -468,22 +516,23 @@ pub fn run(
             "low-CPU poll"
         },
         cfg.uplink,
-        desired.node.underlay_ip,
+        ctl.node().underlay_ip,
         cfg.host_port,
-        node,
-        desired.node.pod_cidr
+        ctl.node().pod_cidr,
+        source.describe()
     );
     let mut d = Daemon {
-        local,
         dp,
-        builder,
-        state,
-        desired,
+        ctl,
         neigh: neighbours(),
         pods: BTreeMap::new(),
         warnings: Vec::new(),
-        publishes: 0,
-        last_publish: None,
+        logged: BTreeSet::new(),
+        metrics: ControlMetrics::default(),
+        degraded: false,
+        shared,
+        persisted_at: None,
+        persist_due: false,
         cfg,
     };
     for ip in d.remote_ips() {
@@ -491,34 +540,54 @@ pub fn run(
             probe(ip);
         }
     }
-    d.apply();
+    d.sync(None);
+    d.persist(true);
     d.write_status();
 
-    let tick = Duration::from_millis(50);
     let mut last_slow = Instant::now();
     let mut last_neigh = Instant::now();
-    let mut last_file = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(tick);
-        if reload.swap(false, Ordering::Relaxed)
-            || last_file.elapsed() >= Duration::from_millis(200)
-        {
-            last_file = Instant::now();
-            match source.poll() {
-                Ok(Some(st)) => {
-                    log!(
-                        d.cfg.node_name,
-                        "cluster state changed: {:?} (nodes, pods, services, slices)",
-                        st.counts()
-                    );
-                    d.reload(st);
+        if reload.swap(false, Ordering::Relaxed) {
+            source.reload();
+        }
+        match source.next(Duration::from_millis(50)) {
+            Ok(evs) if !evs.is_empty() => {
+                let since = Instant::now();
+                let mut batch = evs;
+                // Coalesce a burst: take what follows within 1 ms, for at most 10 ms.
+                while since.elapsed() < Duration::from_millis(10) {
+                    match source.next(Duration::from_millis(1)) {
+                        Ok(more) if !more.is_empty() => batch.extend(more),
+                        _ => break,
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => log!(
-                    d.cfg.node_name,
-                    "cluster state not reloaded (keeping the old one): {e}"
-                ),
+                d.handle(batch, since);
             }
+            Ok(_) => {}
+            Err(e) => {
+                d.metrics.source_errors += 1;
+                let msg = format!(
+                    "cluster state from {} not used (keeping the current one): {e}",
+                    source.describe()
+                );
+                if d.logged.insert(msg.clone()) {
+                    log!(d.cfg.node_name, "{msg}");
+                }
+            }
+        }
+        let deg = source.degraded();
+        if deg != d.degraded {
+            d.degraded = deg;
+            log!(
+                d.cfg.node_name,
+                "{}: {}",
+                source.describe(),
+                if deg {
+                    "degraded (forwarding with the last table)"
+                } else {
+                    "healthy again"
+                }
+            );
         }
         let now = d.dp.now_secs();
         d.dp.conntrack().gc(now, 2048);
@@ -528,15 +597,16 @@ pub fn run(
             let changed = d.remote_ips().iter().any(|ip| n.get(ip) != d.neigh.get(ip));
             d.neigh = n;
             if changed {
-                d.apply();
+                d.sync(None);
             }
         }
         if last_slow.elapsed() >= Duration::from_secs(1) {
             last_slow = Instant::now();
             let unresolved = d.remote_ips().iter().any(|ip| !d.neigh.contains_key(ip));
-            if unresolved || d.desired.local_pods.len() != d.pods.len() {
-                d.apply();
+            if unresolved || d.ctl.local_pods().len() != d.pods.len() {
+                d.sync(None);
             }
+            d.persist(false);
             d.write_status();
         }
     }
@@ -544,6 +614,7 @@ pub fn run(
         d.cfg.node_name,
         "stopping: detaching programs and closing sockets"
     );
+    d.persist(true);
     if let Some(p) = &d.cfg.status_file {
         let _ = std::fs::remove_file(p);
     }

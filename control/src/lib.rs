@@ -10,6 +10,12 @@
 
 pub use xdpnet_dataplane as dataplane;
 
+pub mod config;
+pub mod controller;
 pub mod daemon;
+pub mod http;
+pub mod inspect;
+pub mod kube_source;
+pub mod metrics;
 pub mod state;
 pub mod translate;

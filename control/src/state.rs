@@ -6,13 +6,17 @@
 //! of other kinds are counted and ignored. A file that does not parse is an error naming the
 //! file and document, and the caller keeps its previous state.
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The objects the table needs, keyed by `namespace/name` (`name` for Nodes).
+/// EndpointSlice label naming its service.
+pub const LABEL_SERVICE: &str = "kubernetes.io/service-name";
+
+/// The objects the table needs, keyed by `namespace/name` (`name` for Nodes and Namespaces).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
     /// Nodes.
@@ -23,8 +27,132 @@ pub struct ClusterState {
     pub services: BTreeMap<String, Service>,
     /// EndpointSlices.
     pub slices: BTreeMap<String, EndpointSlice>,
+    /// Namespaces.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// `namespace/service` -> keys of its EndpointSlices.
+    pub slices_by_service: BTreeMap<String, BTreeSet<String>>,
     /// Documents of kinds the table does not use.
     pub ignored: usize,
+}
+
+/// The kinds a source delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Node.
+    Node,
+    /// Pod.
+    Pod,
+    /// Service.
+    Service,
+    /// EndpointSlice.
+    EndpointSlice,
+    /// Namespace.
+    Namespace,
+}
+
+impl Kind {
+    /// All kinds.
+    pub const ALL: [Kind; 5] = [
+        Kind::Node,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Namespace,
+    ];
+    /// Lower-case name (metrics, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Pod => "pod",
+            Kind::Service => "service",
+            Kind::EndpointSlice => "endpointslice",
+            Kind::Namespace => "namespace",
+        }
+    }
+}
+
+/// One object of any kind the table uses.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // moved once from a watcher into the store; boxing only adds an allocation
+pub enum Object {
+    /// Node.
+    Node(Node),
+    /// Pod.
+    Pod(Pod),
+    /// Service.
+    Service(Service),
+    /// EndpointSlice.
+    EndpointSlice(EndpointSlice),
+    /// Namespace.
+    Namespace(Namespace),
+}
+
+impl Object {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Node(_) => Kind::Node,
+            Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Namespace(_) => Kind::Namespace,
+        }
+    }
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Node(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+        }
+    }
+    /// Its key: `name` for cluster-scoped kinds, `namespace/name` otherwise.
+    pub fn key(&self) -> Option<String> {
+        let m = self.meta();
+        match self.kind() {
+            Kind::Node | Kind::Namespace => m.name.clone(),
+            _ => key(m),
+        }
+    }
+}
+
+/// A change from a source.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // as `Object`
+pub enum Event {
+    /// An object was added or changed.
+    Upsert(Object),
+    /// The object of this kind and key was deleted.
+    Delete(Kind, String),
+    /// These are all objects of this kind now (a (re)list, or a reloaded file).
+    Replace(Kind, Vec<Object>),
+}
+
+/// What an applied event touched, for the incremental rebuild.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Some Node changed.
+    pub nodes: bool,
+    /// Some Pod changed.
+    pub pods: bool,
+    /// These services (`namespace/name`) need their spec recomputed.
+    pub services: BTreeSet<String>,
+    /// Objects changed, per kind (for metrics).
+    pub changed: BTreeMap<Kind, usize>,
+}
+
+impl Dirty {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.nodes && !self.pods && self.services.is_empty()
+    }
+}
+
+fn slice_service(s: &EndpointSlice) -> Option<String> {
+    let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+    let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE)?;
+    Some(format!("{ns}/{svc}"))
 }
 
 /// Why a state file could not be used.
@@ -50,7 +178,7 @@ pub enum StateError {
     },
 }
 
-fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
+fn key(meta: &ObjectMeta) -> Option<String> {
     let name = meta.name.as_deref()?;
     Some(match meta.namespace.as_deref() {
         Some(ns) => format!("{ns}/{name}"),
@@ -118,7 +246,8 @@ impl ClusterState {
             .to_string();
         let named = |k: Option<String>| k.ok_or_else(|| format!("{kind} without metadata.name"));
         match kind.as_str() {
-            "List" | "NodeList" | "PodList" | "ServiceList" | "EndpointSliceList" => {
+            "List" | "NodeList" | "PodList" | "ServiceList" | "EndpointSliceList"
+            | "NamespaceList" => {
                 if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
                     for it in items.clone() {
                         self.add_value(it)?;
@@ -127,29 +256,240 @@ impl ClusterState {
             }
             "Node" => {
                 let n: Node = serde_yaml::from_value(v).map_err(|e| format!("Node: {e}"))?;
-                let name = n
-                    .metadata
-                    .name
-                    .clone()
-                    .ok_or("Node without metadata.name")?;
-                self.nodes.insert(name, n);
+                named(n.metadata.name.clone())?;
+                self.apply(Event::Upsert(Object::Node(n)), &mut Dirty::default());
             }
             "Pod" => {
                 let p: Pod = serde_yaml::from_value(v).map_err(|e| format!("Pod: {e}"))?;
-                self.pods.insert(named(key(&p.metadata))?, p);
+                named(key(&p.metadata))?;
+                self.apply(Event::Upsert(Object::Pod(p)), &mut Dirty::default());
             }
             "Service" => {
                 let s: Service = serde_yaml::from_value(v).map_err(|e| format!("Service: {e}"))?;
-                self.services.insert(named(key(&s.metadata))?, s);
+                named(key(&s.metadata))?;
+                self.apply(Event::Upsert(Object::Service(s)), &mut Dirty::default());
             }
             "EndpointSlice" => {
                 let s: EndpointSlice =
                     serde_yaml::from_value(v).map_err(|e| format!("EndpointSlice: {e}"))?;
-                self.slices.insert(named(key(&s.metadata))?, s);
+                named(key(&s.metadata))?;
+                self.apply(
+                    Event::Upsert(Object::EndpointSlice(s)),
+                    &mut Dirty::default(),
+                );
+            }
+            "Namespace" => {
+                let n: Namespace =
+                    serde_yaml::from_value(v).map_err(|e| format!("Namespace: {e}"))?;
+                named(n.metadata.name.clone())?;
+                self.apply(Event::Upsert(Object::Namespace(n)), &mut Dirty::default());
             }
             _ => self.ignored += 1,
         }
         Ok(())
+    }
+
+    /// Applies one event; records in `dirty` what it touched. Objects without a name are
+    /// ignored (a source never sends them).
+    pub fn apply(&mut self, ev: Event, dirty: &mut Dirty) {
+        match ev {
+            Event::Upsert(o) => {
+                if let Some(k) = o.key() {
+                    self.upsert(k, o, dirty);
+                }
+            }
+            Event::Delete(kind, k) => self.delete(kind, &k, dirty),
+            Event::Replace(kind, objs) => {
+                let mut keep = BTreeSet::new();
+                for o in objs {
+                    if o.kind() != kind {
+                        continue;
+                    }
+                    if let Some(k) = o.key() {
+                        keep.insert(k.clone());
+                        self.upsert(k, o, dirty);
+                    }
+                }
+                let gone: Vec<String> = match kind {
+                    Kind::Node => self
+                        .nodes
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect(),
+                    Kind::Pod => self
+                        .pods
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect(),
+                    Kind::Service => self
+                        .services
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect(),
+                    Kind::EndpointSlice => self
+                        .slices
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect(),
+                    Kind::Namespace => self
+                        .namespaces
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect(),
+                };
+                for k in gone {
+                    self.delete(kind, &k, dirty);
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, k: String, o: Object, dirty: &mut Dirty) {
+        let kind = o.kind();
+        let changed = match o {
+            Object::Node(n) => {
+                let c = self.nodes.get(&k) != Some(&n);
+                dirty.nodes |= c;
+                self.nodes.insert(k, n);
+                c
+            }
+            Object::Pod(p) => {
+                let c = self.pods.get(&k) != Some(&p);
+                dirty.pods |= c;
+                self.pods.insert(k, p);
+                c
+            }
+            Object::Service(s) => {
+                let c = self.services.get(&k) != Some(&s);
+                if c {
+                    dirty.services.insert(k.clone());
+                }
+                self.services.insert(k, s);
+                c
+            }
+            Object::EndpointSlice(s) => {
+                let old = self.slices.get(&k);
+                let c = old != Some(&s);
+                if c {
+                    if let Some(svc) = old.and_then(slice_service) {
+                        if let Some(set) = self.slices_by_service.get_mut(&svc) {
+                            set.remove(&k);
+                        }
+                        dirty.services.insert(svc);
+                    }
+                    if let Some(svc) = slice_service(&s) {
+                        self.slices_by_service
+                            .entry(svc.clone())
+                            .or_default()
+                            .insert(k.clone());
+                        dirty.services.insert(svc);
+                    }
+                }
+                self.slices.insert(k, s);
+                c
+            }
+            Object::Namespace(n) => {
+                let c = self.namespaces.get(&k) != Some(&n);
+                self.namespaces.insert(k, n);
+                c
+            }
+        };
+        if changed {
+            *dirty.changed.entry(kind).or_default() += 1;
+        }
+    }
+
+    fn delete(&mut self, kind: Kind, k: &str, dirty: &mut Dirty) {
+        let had = match kind {
+            Kind::Node => {
+                let h = self.nodes.remove(k).is_some();
+                dirty.nodes |= h;
+                h
+            }
+            Kind::Pod => {
+                let h = self.pods.remove(k).is_some();
+                dirty.pods |= h;
+                h
+            }
+            Kind::Service => {
+                let h = self.services.remove(k).is_some();
+                if h {
+                    dirty.services.insert(k.to_string());
+                }
+                h
+            }
+            Kind::EndpointSlice => match self.slices.remove(k) {
+                Some(s) => {
+                    if let Some(svc) = slice_service(&s) {
+                        if let Some(set) = self.slices_by_service.get_mut(&svc) {
+                            set.remove(k);
+                            if set.is_empty() {
+                                self.slices_by_service.remove(&svc);
+                            }
+                        }
+                        dirty.services.insert(svc);
+                    }
+                    true
+                }
+                None => false,
+            },
+            Kind::Namespace => self.namespaces.remove(k).is_some(),
+        };
+        if had {
+            *dirty.changed.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// The EndpointSlices of service `namespace/name`.
+    pub fn slices_of(&self, service: &str) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
+
+    /// Every object as Replace events (one per kind): what a fresh consumer needs.
+    pub fn to_events(&self) -> Vec<Event> {
+        vec![
+            Event::Replace(
+                Kind::Node,
+                self.nodes.values().cloned().map(Object::Node).collect(),
+            ),
+            Event::Replace(
+                Kind::Pod,
+                self.pods.values().cloned().map(Object::Pod).collect(),
+            ),
+            Event::Replace(
+                Kind::Service,
+                self.services
+                    .values()
+                    .cloned()
+                    .map(Object::Service)
+                    .collect(),
+            ),
+            Event::Replace(
+                Kind::EndpointSlice,
+                self.slices
+                    .values()
+                    .cloned()
+                    .map(Object::EndpointSlice)
+                    .collect(),
+            ),
+            Event::Replace(
+                Kind::Namespace,
+                self.namespaces
+                    .values()
+                    .cloned()
+                    .map(Object::Namespace)
+                    .collect(),
+            ),
+        ]
     }
 
     /// Objects per kind (nodes, pods, services, endpoint slices).
@@ -163,22 +503,99 @@ impl ClusterState {
     }
 }
 
-/// A source of cluster state: the file source now, the Kubernetes watch source next. The
-/// daemon polls it from its control loop and rebuilds the table from what it returns.
+/// Writes `st` as YAML to `path` crash-safely: a temporary file in the same directory, fsync,
+/// rename over the old file, fsync of the directory.
+pub fn save(st: &ClusterState, path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut text = String::new();
+    let mut doc = |v: Result<String, serde_yaml::Error>| -> std::io::Result<()> {
+        text.push_str("---\n");
+        text.push_str(&v.map_err(std::io::Error::other)?);
+        Ok(())
+    };
+    for n in st.nodes.values() {
+        doc(serde_yaml::to_string(n))?;
+    }
+    for p in st.pods.values() {
+        doc(serde_yaml::to_string(p))?;
+    }
+    for s in st.services.values() {
+        doc(serde_yaml::to_string(s))?;
+    }
+    for s in st.slices.values() {
+        doc(serde_yaml::to_string(s))?;
+    }
+    for n in st.namespaces.values() {
+        doc(serde_yaml::to_string(n))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Why a source could not deliver (the caller keeps its state and the source retries).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A state file could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The Kubernetes API failed (unreachable, refused, a watch error).
+    #[error("Kubernetes API: {0}")]
+    Api(String),
+}
+
+/// A source of cluster state: a file, or the Kubernetes API. The daemon's control loop asks it
+/// for changes; both deliver the same [`Event`]s.
 pub trait Source {
-    /// The new state when it changed since the last successful poll; `Ok(None)` when
-    /// unchanged; an error (the caller keeps its state) when the new state is unusable.
-    fn poll(&mut self) -> Result<Option<ClusterState>, StateError>;
+    /// Waits up to `timeout` for changes and returns them (empty when none came).
+    fn next(&mut self, timeout: std::time::Duration) -> Result<Vec<Event>, SourceError>;
     /// What it reads from, for logs.
     fn describe(&self) -> String;
+    /// True while the source is degraded (API unreachable, file unusable).
+    fn degraded(&self) -> bool {
+        false
+    }
+    /// Re-reads everything at the next call (SIGHUP).
+    fn reload(&mut self) {}
 }
 
 impl Source for FileSource {
-    fn poll(&mut self) -> Result<Option<ClusterState>, StateError> {
-        FileSource::poll(self)
+    fn next(&mut self, timeout: std::time::Duration) -> Result<Vec<Event>, SourceError> {
+        let wait = self
+            .due
+            .saturating_duration_since(std::time::Instant::now());
+        if wait > timeout {
+            std::thread::sleep(timeout);
+            return Ok(Vec::new());
+        }
+        std::thread::sleep(wait);
+        self.due = std::time::Instant::now() + self.every;
+        match self.poll() {
+            Ok(Some(st)) => {
+                self.bad = false;
+                Ok(st.to_events())
+            }
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => {
+                self.bad = true;
+                Err(e.into())
+            }
+        }
     }
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
+    }
+    fn degraded(&self) -> bool {
+        self.bad
+    }
+    fn reload(&mut self) {
+        FileSource::reload(self);
     }
 }
 
@@ -189,6 +606,9 @@ impl Source for FileSource {
 pub struct FileSource {
     path: PathBuf,
     last: Option<u64>,
+    every: std::time::Duration,
+    due: std::time::Instant,
+    bad: bool,
 }
 
 impl FileSource {
@@ -197,6 +617,9 @@ impl FileSource {
         Self {
             path: path.into(),
             last: None,
+            every: std::time::Duration::from_millis(200),
+            due: std::time::Instant::now(),
+            bad: false,
         }
     }
 
@@ -223,6 +646,12 @@ impl FileSource {
             std::fs::read(&self.path).ok()?.hash(&mut h);
         }
         Some(h.finish())
+    }
+
+    /// Forces a re-read at the next [`Source::next`] (SIGHUP).
+    pub fn reload(&mut self) {
+        self.last = None;
+        self.due = std::time::Instant::now();
     }
 
     /// The new state when the content changed since the last successful poll; `Ok(None)` when

@@ -23,8 +23,7 @@ use xdpnet_dataplane::wire::MacAddr;
 pub const ANN_INTERFACE: &str = "xdpnet.io/interface";
 /// Pod annotation: MAC of the pod's interface.
 pub const ANN_MAC: &str = "xdpnet.io/mac";
-/// EndpointSlice label naming its service.
-pub const LABEL_SERVICE: &str = "kubernetes.io/service-name";
+pub use crate::state::LABEL_SERVICE;
 /// Default ClientIP affinity timeout (Kubernetes' default).
 pub const DEFAULT_AFFINITY_SECS: u32 = 10_800;
 
@@ -140,8 +139,8 @@ fn pod_cidrs(n: &Node) -> Vec<Ipv4Net> {
     out
 }
 
-/// The table's inputs from the cluster state.
-pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, TranslateError> {
+/// This node's facts from its Node object and the local configuration.
+pub fn node_facts(st: &ClusterState, cfg: &LocalConfig) -> Result<NodeFacts, TranslateError> {
     let me = st
         .nodes
         .get(&cfg.node_name)
@@ -160,7 +159,7 @@ pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, Translat
         });
     }
     let gateway_ip = Ipv4Addr::from(pod_cidr.addr_u32() + 1);
-    let node = NodeFacts {
+    Ok(NodeFacts {
         name: cfg.node_name.clone(),
         underlay_ip,
         underlay_mac: cfg.underlay_mac,
@@ -175,9 +174,15 @@ pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, Translat
         masquerade_ip: gateway_ip,
         uplink_port: cfg.uplink_port,
         host_port: cfg.host_port,
-    };
-    let mut warnings = Vec::new();
+    })
+}
 
+/// The other nodes (with warnings for unusable ones).
+pub fn remotes(
+    st: &ClusterState,
+    cfg: &LocalConfig,
+    warnings: &mut Vec<String>,
+) -> Vec<RemoteNode> {
     let mut remotes = Vec::new();
     for (name, n) in &st.nodes {
         if *name == cfg.node_name {
@@ -194,14 +199,15 @@ pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, Translat
             )),
         }
     }
+    remotes
+}
 
-    let mut services = Vec::new();
-    for (key, s) in &st.services {
-        if let Some(spec) = service(key, s, st, &mut warnings) {
-            services.push(spec);
-        }
-    }
-
+/// This node's pods to attach (with warnings for pods that cannot be).
+pub fn local_pods(
+    st: &ClusterState,
+    cfg: &LocalConfig,
+    warnings: &mut Vec<String>,
+) -> Vec<LocalPod> {
     let mut local_pods = Vec::new();
     for (key, p) in &st.pods {
         let Some(spec) = p.spec.as_ref() else {
@@ -242,6 +248,31 @@ pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, Translat
             )),
         }
     }
+    local_pods
+}
+
+/// The spec of service `key` (`namespace/name`), None when it has none (deleted,
+/// ExternalName, headless without ports...).
+pub fn service_spec(
+    st: &ClusterState,
+    key: &str,
+    warnings: &mut Vec<String>,
+) -> Option<ServiceSpec> {
+    service(key, st.services.get(key)?, st, warnings)
+}
+
+/// The table's inputs from the cluster state (everything at once).
+pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, TranslateError> {
+    let node = node_facts(st, cfg)?;
+    let mut warnings = Vec::new();
+    let remotes = remotes(st, cfg, &mut warnings);
+    let mut services = Vec::new();
+    for key in st.services.keys() {
+        if let Some(spec) = service_spec(st, key, &mut warnings) {
+            services.push(spec);
+        }
+    }
+    let local_pods = local_pods(st, cfg, &mut warnings);
     Ok(Desired {
         node,
         remotes,
@@ -298,22 +329,9 @@ fn service(
     } else {
         Vec::new()
     };
-    let (ns, name) = key.split_once('/').unwrap_or(("default", key));
     let slices: Vec<&EndpointSlice> = st
-        .slices
-        .iter()
-        .filter(|(k, sl)| {
-            k.split_once('/').map(|(n, _)| n) == Some(ns)
-                && sl.address_type == "IPv4"
-                && sl
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_SERVICE))
-                    .map(String::as_str)
-                    == Some(name)
-        })
-        .map(|(_, sl)| sl)
+        .slices_of(key)
+        .filter(|sl| sl.address_type == "IPv4")
         .collect();
     let mut ports = Vec::new();
     for sp in spec.ports.iter().flatten() {

@@ -442,6 +442,11 @@ impl Dataplane {
         Ok(self.steering.sync_frontends(f)?)
     }
 
+    /// The frontends the uplink steers now.
+    pub fn frontends(&self) -> &BTreeSet<Frontend> {
+        self.steering.frontends()
+    }
+
     /// The steering program's counters: (to socket, passed, unknown port).
     pub fn steering_counters(&self) -> [u64; 3] {
         self.steering.counters()

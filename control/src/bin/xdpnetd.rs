@@ -1,76 +1,163 @@
-//! xdpnetd: the per-node daemon. Runs the AF_XDP dataplane with cluster state from a file of
-//! Kubernetes objects (reloaded when it changes). SIGTERM/SIGINT stop it cleanly (programs
-//! detached, sockets closed); SIGHUP forces a reload.
+//! xdpnetd: the per-node daemon. Runs the AF_XDP dataplane with cluster state from the
+//! Kubernetes API or a file of Kubernetes objects. SIGTERM/SIGINT stop it cleanly (programs
+//! detached, sockets closed); SIGHUP re-reads a state file. `xdpnetd inspect` dumps a running
+//! daemon's tables.
 
 #![forbid(unsafe_code)]
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use xdpnet_control::daemon::{self, DaemonConfig};
+use xdpnet_control::config::{FileConfig, SourceKind};
+use xdpnet_control::daemon::{self, DaemonConfig, SourceConfig};
 use xdpnet_control::dataplane::fib::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Ipv4Net};
 use xdpnet_control::dataplane::runtime::DataplaneConfig;
 use xdpnet_control::dataplane::wire::MacAddr;
+
+const DEFAULT_INSPECT_SOCKET: &str = "/run/xdpnet/xdpnetd.sock";
 
 /// xdpnet node daemon: user-space pod network dataplane over AF_XDP.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// This node's name (its Node object in the state).
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Configuration file (the ConfigMap's config.yaml); flags override it.
     #[arg(long)]
-    node_name: String,
-    /// Cluster state: a YAML file (or directory) of Nodes, Pods, Services, EndpointSlices.
+    config: Option<PathBuf>,
+    /// This node's name (its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Take cluster state from this YAML file (or directory) of Nodes, Pods, Services,
+    /// EndpointSlices instead of the Kubernetes API.
     #[arg(long)]
-    state: PathBuf,
-    /// Uplink (NIC) interface.
-    #[arg(long, default_value = "eth0")]
-    uplink: String,
-    /// The dataplane's end of the host port (a veth whose peer is --host-if).
-    #[arg(long, default_value = "xdpnet0-dp")]
-    host_port: String,
-    /// The kernel's end of the host port.
-    #[arg(long, default_value = "xdpnet0")]
-    host_if: String,
-    /// Cores for the workers, comma separated (one worker per core).
-    #[arg(long, value_delimiter = ',', default_value = "0")]
-    cores: Vec<usize>,
-    /// Spin when idle instead of sleeping in poll(2) (lowest latency, one full core per worker).
+    state: Option<PathBuf>,
+    /// Kubernetes API server URL (default: in-cluster configuration or kubeconfig).
+    #[arg(long)]
+    api_server: Option<String>,
+    /// Uplink (NIC) interface [default: eth0].
+    #[arg(long)]
+    uplink: Option<String>,
+    /// The dataplane's end of the host port [default: xdpnet0-dp].
+    #[arg(long)]
+    host_port: Option<String>,
+    /// The kernel's end of the host port [default: xdpnet0].
+    #[arg(long)]
+    host_if: Option<String>,
+    /// Cores for the workers, comma separated (one worker per core) [default: 0].
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// Spin when idle instead of sleeping in poll(2).
     #[arg(long)]
     busy_poll: bool,
-    /// Underlay MTU (default: the uplink's).
+    /// Underlay MTU [default: the uplink's].
     #[arg(long)]
     mtu: Option<u16>,
-    /// VXLAN network identifier.
-    #[arg(long, default_value_t = DEFAULT_VNI)]
-    vni: u32,
-    /// VXLAN UDP port.
-    #[arg(long, default_value_t = DEFAULT_VXLAN_PORT)]
-    vxlan_port: u16,
-    /// The cluster's pod CIDR.
-    #[arg(long, default_value = "10.244.0.0/16")]
-    cluster_cidr: Ipv4Net,
+    /// VXLAN network identifier [default: 1].
+    #[arg(long)]
+    vni: Option<u32>,
+    /// VXLAN UDP port [default: 4789].
+    #[arg(long)]
+    vxlan_port: Option<u16>,
+    /// The cluster's pod CIDR [default: 10.244.0.0/16].
+    #[arg(long)]
+    cluster_cidr: Option<Ipv4Net>,
     /// MAC the dataplane answers with for the pods' gateway.
     #[arg(long, default_value = "02:fe:78:64:70:01")]
     gateway_mac: MacAddr,
     /// Write a status JSON (table generation, ports, counters) here every second.
     #[arg(long)]
     status_file: Option<PathBuf>,
-    /// UMEM frames per worker.
-    #[arg(long, default_value_t = 16384)]
-    frames: u32,
+    /// Keep state across restarts here (the last cluster state).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics and /healthz, /readyz on this address (e.g. 0.0.0.0:9460).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Unix socket for `xdpnetd inspect` ("none" to disable) [default: /run/xdpnet/xdpnetd.sock].
+    #[arg(long)]
+    inspect_socket: Option<PathBuf>,
+    /// UMEM frames per worker [default: 16384].
+    #[arg(long)]
+    frames: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Dump a running daemon's services, endpoints, routes, conntrack and counters.
+    Inspect {
+        /// The daemon's inspect socket.
+        #[arg(long, default_value = DEFAULT_INSPECT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Conntrack entries to print.
+        #[arg(long, default_value_t = 20)]
+        conntrack: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if let Some(Cmd::Inspect {
+        socket,
+        json,
+        conntrack,
+    }) = &a.cmd
+    {
+        return xdpnet_control::inspect::print(socket, *json, *conntrack);
+    }
+    let file = match &a.config {
+        Some(p) => FileConfig::load(p).map_err(anyhow::Error::msg)?,
+        None => FileConfig::default(),
+    };
+    let node_name = a
+        .node_name
+        .clone()
+        .context("--node-name (or NODE_NAME) is required")?;
+    let source = match (&a.state, file.source, &file.state_file) {
+        (Some(p), _, _) => SourceConfig::File(p.clone()),
+        (None, Some(SourceKind::File), Some(p)) => SourceConfig::File(p.clone()),
+        (None, Some(SourceKind::File), None) => bail!("config: source: file needs stateFile"),
+        (None, _, _) => SourceConfig::Kubernetes {
+            server: a.api_server.clone().or(file.api_server.clone()),
+        },
+    };
+    let cluster_cidr = match (a.cluster_cidr, &file.cluster_cidr) {
+        (Some(c), _) => c,
+        (None, Some(c)) => c
+            .parse()
+            .map_err(|e| anyhow::anyhow!("config: clusterCIDR {c:?}: {e:?}"))?,
+        (None, None) => "10.244.0.0/16"
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    };
+    let cores = a.cores.clone().or(file.cores.clone()).unwrap_or(vec![0]);
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Some(c) = a.cores.iter().find(|&&c| c >= ncpu) {
-        anyhow::bail!("--cores: core {c} does not exist (this machine has {ncpu})");
+    if let Some(c) = cores.iter().find(|&&c| c >= ncpu) {
+        bail!("cores: core {c} does not exist (this machine has {ncpu})");
     }
-    if a.vni == 0 || a.vni >= 1 << 24 {
-        anyhow::bail!("--vni {} is not a 24-bit VNI (1..16777215)", a.vni);
+    let vni = a.vni.or(file.vni).unwrap_or(DEFAULT_VNI);
+    if vni == 0 || vni >= 1 << 24 {
+        bail!("vni {vni} is not a 24-bit VNI (1..16777215)");
     }
+    let metrics_addr = match (a.metrics_addr, &file.metrics_address) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) => Some(
+            m.parse()
+                .with_context(|| format!("config: metricsAddress {m:?}"))?,
+        ),
+        (None, None) => None,
+    };
+    let inspect_socket = a
+        .inspect_socket
+        .clone()
+        .or(file.inspect_socket.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_INSPECT_SOCKET));
+    let inspect_socket = (inspect_socket.as_os_str() != "none").then_some(inspect_socket);
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -79,21 +166,33 @@ fn main() -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing signal handlers")?;
     let cfg = DaemonConfig {
-        node_name: a.node_name,
-        state: a.state,
-        uplink: a.uplink,
-        host_port: a.host_port,
-        host_if: a.host_if,
-        mtu: a.mtu,
-        vni: a.vni,
-        vxlan_port: a.vxlan_port,
-        cluster_cidr: a.cluster_cidr,
+        node_name,
+        source,
+        uplink: a.uplink.or(file.uplink).unwrap_or_else(|| "eth0".into()),
+        host_port: a
+            .host_port
+            .or(file.host_port)
+            .unwrap_or_else(|| "xdpnet0-dp".into()),
+        host_if: a
+            .host_if
+            .or(file.host_interface)
+            .unwrap_or_else(|| "xdpnet0".into()),
+        mtu: a.mtu.or(file.mtu),
+        vni,
+        vxlan_port: a
+            .vxlan_port
+            .or(file.vxlan_port)
+            .unwrap_or(DEFAULT_VXLAN_PORT),
+        cluster_cidr,
         gateway_mac: a.gateway_mac,
         status_file: a.status_file,
+        state_dir: a.state_dir.or(file.state_dir),
+        metrics_addr,
+        inspect_socket,
         dataplane: DataplaneConfig {
-            cores: a.cores,
-            busy_poll: a.busy_poll,
-            frames_per_worker: a.frames,
+            cores,
+            busy_poll: a.busy_poll || file.busy_poll.unwrap_or(false),
+            frames_per_worker: a.frames.or(file.frames).unwrap_or(16_384),
             ..DataplaneConfig::default()
         },
     };

@@ -1,0 +1,103 @@
+//! The daemon's configuration file (the ConfigMap's `config.yaml`). Every field is optional;
+//! command-line flags override it. Unknown fields are an error, so a typo is not silently a
+//! default.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where cluster state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The Kubernetes API.
+    Kubernetes,
+    /// A YAML file (`stateFile`).
+    File,
+}
+
+/// Where this node's pod CIDR comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodCidrSource {
+    /// The Node object's `spec.podCIDR(s)` (set by the controller manager's IPAM).
+    Node,
+}
+
+/// `config.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    /// Source of cluster state.
+    pub source: Option<SourceKind>,
+    /// State file when `source: file`.
+    pub state_file: Option<PathBuf>,
+    /// API server URL instead of the in-cluster configuration (plain HTTP allowed).
+    pub api_server: Option<String>,
+    /// Where the pod CIDR comes from.
+    #[serde(rename = "podCIDRSource")]
+    pub pod_cidr_source: Option<PodCidrSource>,
+    /// The cluster's pod CIDR.
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Option<String>,
+    /// Uplink interface.
+    pub uplink: Option<String>,
+    /// The dataplane's end of the host port.
+    pub host_port: Option<String>,
+    /// The kernel's end of the host port.
+    pub host_interface: Option<String>,
+    /// VXLAN UDP port.
+    pub vxlan_port: Option<u16>,
+    /// VXLAN network identifier.
+    pub vni: Option<u32>,
+    /// Underlay MTU.
+    pub mtu: Option<u16>,
+    /// Worker cores.
+    pub cores: Option<Vec<usize>>,
+    /// Busy-poll workers.
+    pub busy_poll: Option<bool>,
+    /// Metrics and health address.
+    pub metrics_address: Option<String>,
+    /// Inspect socket path.
+    pub inspect_socket: Option<PathBuf>,
+    /// Directory for state kept across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// UMEM frames per worker.
+    pub frames: Option<u32>,
+}
+
+impl FileConfig {
+    /// Parses a config text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_typos() {
+        let c = FileConfig::parse("source: kubernetes\nvxlanPort: 8472\ncores: [1, 2]\nclusterCIDR: 10.244.0.0/16\npodCIDRSource: node\n")
+            .expect("valid");
+        assert_eq!(c.source, Some(SourceKind::Kubernetes));
+        assert_eq!(c.vxlan_port, Some(8472));
+        assert_eq!(c.cores, Some(vec![1, 2]));
+        assert!(
+            FileConfig::parse("vxlanPrt: 1\n")
+                .expect_err("typo")
+                .contains("unknown field")
+        );
+        assert!(FileConfig::parse("source: etcd\n").is_err());
+        assert_eq!(FileConfig::parse("").expect("empty"), FileConfig::default());
+    }
+}

@@ -1,0 +1,204 @@
+//! `xdpnetd inspect`: a running daemon's tables, as human tables or JSON.
+
+use anyhow::Context;
+use serde_json::Value;
+use std::path::Path;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Renders rows as aligned columns.
+pub fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.len());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(head.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+/// The human rendering of an inspection dump.
+pub fn render(v: &Value, conntrack: usize) -> String {
+    let mut out = format!(
+        "node {}  table generation {}\n\nSERVICES\n",
+        s(&v["node"]),
+        v["generation"]
+    );
+    let arr = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = arr("services")
+        .iter()
+        .map(|x| {
+            vec![
+                s(&x["name"]),
+                s(&x["protocol"]),
+                s(&x["port"]),
+                s(&x["backends"]),
+            ]
+        })
+        .collect();
+    out += &table(&["NAME", "PROTO", "PORT", "BACKENDS"], &rows);
+    out += "\nFRONTENDS\n";
+    let rows: Vec<Vec<String>> = arr("frontends")
+        .iter()
+        .map(|x| {
+            vec![
+                s(&x["name"]),
+                s(&x["cluster_ips"]),
+                s(&x["node_ports"]),
+                s(&x["load_balancer_ips"]),
+                s(&x["external_ips"]),
+            ]
+        })
+        .collect();
+    out += &table(
+        &[
+            "SERVICE",
+            "CLUSTER-IPS",
+            "NODE-PORTS",
+            "LB-IPS",
+            "EXTERNAL-IPS",
+        ],
+        &rows,
+    );
+    out += "\nENDPOINTS (this node)\n";
+    let rows: Vec<Vec<String>> = arr("endpoints")
+        .iter()
+        .map(|x| vec![s(&x["ip"]), s(&x["mac"]), s(&x["port"])])
+        .collect();
+    out += &table(&["IP", "MAC", "PORT"], &rows);
+    out += "\nROUTES (other nodes)\n";
+    let rows: Vec<Vec<String>> = arr("routes")
+        .iter()
+        .map(|x| {
+            vec![
+                s(&x["node"]),
+                s(&x["pod_cidrs"]),
+                s(&x["underlay_ip"]),
+                s(&x["next_hop_mac"]),
+            ]
+        })
+        .collect();
+    out += &table(&["NODE", "POD-CIDRS", "VTEP", "NEXT-HOP"], &rows);
+    let ct = &v["conntrack"];
+    out += &format!(
+        "\nCONNTRACK ({} entries, first {conntrack})\n",
+        ct["entries"]
+    );
+    let rows: Vec<Vec<String>> = ct["shown"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .take(conntrack)
+        .map(|x| vec![s(&x["protocol"]), s(&x["from"]), s(&x["to"])])
+        .collect();
+    out += &table(&["PROTO", "ARRIVES AS", "REWRITTEN TO"], &rows);
+    out += "\nCOUNTERS\n";
+    let rows: Vec<Vec<String>> = v["counters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let drops: Vec<String> = w["pipeline"]["drops"]
+                .as_object()
+                .map(|d| {
+                    d.iter()
+                        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                        .map(|(k, n)| format!("{k}={n}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                i.to_string(),
+                s(&w["core"]),
+                s(&w["rx"]),
+                s(&w["tx"]),
+                s(&w["pipeline"]["encap"]),
+                s(&w["pipeline"]["decap"]),
+                if drops.is_empty() {
+                    "-".into()
+                } else {
+                    drops.join(" ")
+                },
+            ]
+        })
+        .collect();
+    out += &table(
+        &["WORKER", "CORE", "RX", "TX", "ENCAP", "DECAP", "DROPS"],
+        &rows,
+    );
+    out
+}
+
+/// Fetches a daemon's dump and prints it.
+pub fn print(socket: &Path, json: bool, conntrack: usize) -> anyhow::Result<()> {
+    let v = crate::http::fetch_inspect(socket).with_context(|| {
+        format!(
+            "no xdpnetd answering on {} (is it running? root?)",
+            socket.display()
+        )
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render(&v, conntrack));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_section_with_aligned_columns() {
+        let v = serde_json::json!({
+            "node": "node-1", "generation": 7,
+            "services": [{"name": "lab/web:80/TCP", "protocol": "TCP", "port": 80, "backends": ["10.244.1.10:8080", "10.244.2.10:8080"]}],
+            "frontends": [{"name": "lab/web", "cluster_ips": ["10.96.0.10"], "node_ports": [30080], "load_balancer_ips": [], "external_ips": []}],
+            "endpoints": [{"ip": "10.244.1.10", "mac": "02:00:0a:f4:01:0a", "port": 2}],
+            "routes": [{"node": "node-2", "pod_cidrs": ["10.244.2.0/24"], "underlay_ip": "198.18.0.12", "next_hop_mac": "aa:bb:cc:dd:ee:ff"}],
+            "conntrack": {"entries": 2, "shown": [{"protocol": "TCP", "from": "a", "to": "b"}]},
+            "counters": [{"core": 0, "rx": 5, "tx": 4, "pipeline": {"encap": 1, "decap": 2, "drops": {"no_route": 1, "spoofed": 0}}}],
+        });
+        let t = render(&v, 20);
+        for want in [
+            "node node-1  table generation 7",
+            "lab/web:80/TCP  TCP    80    10.244.1.10:8080,10.244.2.10:8080",
+            "10.244.1.10  02:00:0a:f4:01:0a  2",
+            "node-2  10.244.2.0/24  198.18.0.12  aa:bb:cc:dd:ee:ff",
+            "CONNTRACK (2 entries, first 20)",
+            "no_route=1",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        assert!(!t.contains("spoofed"));
+    }
+}

@@ -1,0 +1,324 @@
+//! The Kubernetes source: kube-rs watchers on Nodes, this node's Pods, Services,
+//! EndpointSlices and Namespaces, feeding the same [`Event`]s as the file source.
+//!
+//! Runs a small tokio runtime on its own thread; the daemon's control thread takes events from
+//! a channel ([`Source::next`]). Each watcher lists then watches; kube-runtime's watcher
+//! re-lists after `410 Gone` (expired resourceVersion) and re-watches after a dropped
+//! connection, with exponential backoff on errors. A (re)list is delivered as one
+//! [`Event::Replace`] of that kind when it completes, so the table never sees a half list and
+//! objects deleted while we were away disappear. Objects are stripped of what the table does
+//! not need (managed fields, annotations other than `xdpnet.io/*`, container specs, statuses
+//! other than addresses/IPs/phase) before they are stored.
+//!
+//! Degraded ([`Source::degraded`]) until every kind has been listed once, and while the last
+//! attempt of any watcher failed; the daemon keeps forwarding with its last table meanwhile.
+
+use crate::state::{Event, Kind, Object, Source, SourceError};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Api, Client, Resource};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Health and counters of the watchers.
+#[derive(Debug, Default)]
+pub struct KubeHealth {
+    /// Per kind (index of [`Kind::ALL`]): listed at least once.
+    pub synced: [AtomicBool; 5],
+    /// Per kind: the last attempt failed.
+    pub failing: [AtomicBool; 5],
+    /// Per kind: errors seen.
+    pub errors: [AtomicU64; 5],
+    /// Per kind: (re)lists started.
+    pub lists: [AtomicU64; 5],
+    /// The last error, for logs.
+    pub last_error: Mutex<String>,
+}
+
+fn idx(k: Kind) -> usize {
+    Kind::ALL.iter().position(|&x| x == k).unwrap_or(0)
+}
+
+/// The Kubernetes source.
+#[derive(Debug)]
+pub struct KubeSource {
+    rx: Receiver<Event>,
+    health: Arc<KubeHealth>,
+    server: String,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+fn strip_meta(m: &mut ObjectMeta) {
+    m.managed_fields = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("xdpnet.io/"));
+        if a.is_empty() {
+            m.annotations = None;
+        }
+    }
+}
+
+/// What the table (and later policy) needs of a Node.
+pub fn strip_node(mut n: Node) -> Node {
+    strip_meta(&mut n.metadata);
+    n.metadata.labels = None;
+    n.spec = n.spec.map(|s| NodeSpec {
+        pod_cidr: s.pod_cidr,
+        pod_cidrs: s.pod_cidrs,
+        ..Default::default()
+    });
+    n.status = n.status.map(|s| NodeStatus {
+        addresses: s.addresses,
+        ..Default::default()
+    });
+    n
+}
+
+/// What the table (and later policy: labels) needs of a Pod.
+pub fn strip_pod(mut p: Pod) -> Pod {
+    strip_meta(&mut p.metadata);
+    p.spec = p.spec.map(|s| PodSpec {
+        node_name: s.node_name,
+        host_network: s.host_network,
+        containers: Vec::new(),
+        ..Default::default()
+    });
+    p.status = p.status.map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        ..Default::default()
+    });
+    p
+}
+
+/// A Service without managed fields and foreign annotations.
+pub fn strip_service(mut s: Service) -> Service {
+    strip_meta(&mut s.metadata);
+    s
+}
+
+/// An EndpointSlice without managed fields, annotations and topology hints.
+pub fn strip_slice(mut s: EndpointSlice) -> EndpointSlice {
+    strip_meta(&mut s.metadata);
+    for e in &mut s.endpoints {
+        e.hints = None;
+        e.deprecated_topology = None;
+        e.target_ref = None;
+    }
+    s
+}
+
+/// A Namespace's name and labels.
+pub fn strip_namespace(mut n: Namespace) -> Namespace {
+    strip_meta(&mut n.metadata);
+    n.spec = None;
+    n.status = None;
+    n
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+    tx: Sender<Event>,
+    health: Arc<KubeHealth>,
+) where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let i = idx(kind);
+    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut listing: Vec<Object> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let out = match ev {
+            Ok(watcher::Event::Apply(o)) => Some(Event::Upsert(wrap(o))),
+            Ok(watcher::Event::Delete(o)) => {
+                let o = wrap(o);
+                o.key().map(|k| Event::Delete(kind, k))
+            }
+            Ok(watcher::Event::Init) => {
+                health.lists[i].fetch_add(1, Ordering::Relaxed);
+                listing.clear();
+                None
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                listing.push(wrap(o));
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                health.synced[i].store(true, Ordering::Relaxed);
+                Some(Event::Replace(kind, std::mem::take(&mut listing)))
+            }
+            Err(e) => {
+                health.errors[i].fetch_add(1, Ordering::Relaxed);
+                health.failing[i].store(true, Ordering::Relaxed);
+                if let Ok(mut l) = health.last_error.lock() {
+                    *l = format!("{}: {e}", kind.name());
+                }
+                continue;
+            }
+        };
+        health.failing[i].store(false, Ordering::Relaxed);
+        if let Some(ev) = out {
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl KubeSource {
+    /// Connects (in-cluster config or kubeconfig, or `server` when given) and starts the
+    /// watchers. Fails only when no client configuration exists at all; an unreachable API
+    /// server is a degraded source that keeps retrying.
+    pub fn start(node_name: &str, server: Option<String>) -> Result<Self, SourceError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (ctx, crx) = std::sync::mpsc::channel::<Result<String, SourceError>>();
+        let health = Arc::new(KubeHealth::default());
+        let h = health.clone();
+        let node = node_name.to_string();
+        let thread = std::thread::Builder::new()
+            .name("xdpnet-kube".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ctx.send(Err(SourceError::Api(format!("tokio runtime: {e}"))));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let client = match server {
+                        Some(url) => {
+                            let uri = match url.parse() {
+                                Ok(u) => u,
+                                Err(e) => {
+                                    let _ = ctx.send(Err(SourceError::Api(format!(
+                                        "server URL {url:?}: {e}"
+                                    ))));
+                                    return;
+                                }
+                            };
+                            Client::try_from(kube::Config::new(uri))
+                        }
+                        None => Client::try_default().await,
+                    };
+                    let client = match client {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ctx
+                                .send(Err(SourceError::Api(format!("client configuration: {e}"))));
+                            return;
+                        }
+                    };
+                    let _ = ctx.send(Ok(client.default_namespace().to_string()));
+                    let pods = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+                    let all = watcher::Config::default;
+                    tokio::join!(
+                        watch_kind(
+                            Api::<Node>::all(client.clone()),
+                            all(),
+                            Kind::Node,
+                            |o| Object::Node(strip_node(o)),
+                            tx.clone(),
+                            h.clone()
+                        ),
+                        watch_kind(
+                            Api::<Pod>::all(client.clone()),
+                            pods,
+                            Kind::Pod,
+                            |o| Object::Pod(strip_pod(o)),
+                            tx.clone(),
+                            h.clone()
+                        ),
+                        watch_kind(
+                            Api::<Service>::all(client.clone()),
+                            all(),
+                            Kind::Service,
+                            |o| Object::Service(strip_service(o)),
+                            tx.clone(),
+                            h.clone()
+                        ),
+                        watch_kind(
+                            Api::<EndpointSlice>::all(client.clone()),
+                            all(),
+                            Kind::EndpointSlice,
+                            |o| Object::EndpointSlice(strip_slice(o)),
+                            tx.clone(),
+                            h.clone()
+                        ),
+                        watch_kind(
+                            Api::<Namespace>::all(client),
+                            all(),
+                            Kind::Namespace,
+                            |o| Object::Namespace(strip_namespace(o)),
+                            tx,
+                            h
+                        ),
+                    );
+                });
+            })
+            .map_err(|e| SourceError::Api(format!("thread: {e}")))?;
+        let server = match crx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(_)) => "Kubernetes API".to_string(),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(SourceError::Api("client did not start".into())),
+        };
+        Ok(Self {
+            rx,
+            health,
+            server,
+            _thread: thread,
+        })
+    }
+
+    /// Watcher health and counters.
+    pub fn health(&self) -> &Arc<KubeHealth> {
+        &self.health
+    }
+}
+
+impl Source for KubeSource {
+    fn next(&mut self, timeout: Duration) -> Result<Vec<Event>, SourceError> {
+        let mut out = Vec::new();
+        match self.rx.recv_timeout(timeout) {
+            Ok(e) => out.push(e),
+            Err(RecvTimeoutError::Timeout) => return Ok(out),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(SourceError::Api("the watchers stopped".into()));
+            }
+        }
+        while let Ok(e) = self.rx.try_recv() {
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        self.server.clone()
+    }
+
+    fn degraded(&self) -> bool {
+        self.health
+            .synced
+            .iter()
+            .any(|s| !s.load(Ordering::Relaxed))
+            || self
+                .health
+                .failing
+                .iter()
+                .any(|f| f.load(Ordering::Relaxed))
+    }
+}
