@@ -200,21 +200,25 @@ impl KubeSource {
                     }
                 };
                 rt.block_on(async move {
-                    let client = match server {
-                        Some(url) => {
-                            let uri = match url.parse() {
-                                Ok(u) => u,
-                                Err(e) => {
-                                    let _ = ctx.send(Err(SourceError::Api(format!(
-                                        "server URL {url:?}: {e}"
-                                    ))));
-                                    return;
-                                }
-                            };
-                            Client::try_from(kube::Config::new(uri))
-                        }
-                        None => Client::try_default().await,
+                    let config = match server {
+                        Some(url) => match url.parse() {
+                            Ok(u) => Ok(kube::Config::new(u)),
+                            Err(e) => {
+                                let _ = ctx.send(Err(SourceError::Api(format!(
+                                    "server URL {url:?}: {e}"
+                                ))));
+                                return;
+                            }
+                        },
+                        None => kube::Config::infer().await.map_err(|e| e.to_string()),
                     };
+                    // The watchers retry with their own backoff and count every failure (a
+                    // metric and a log line); the client's silent retries of 503s would hide a
+                    // sick API server for minutes.
+                    let client = config.and_then(|mut c| {
+                        c.default_retry = false;
+                        Client::try_from(c).map_err(|e| e.to_string())
+                    });
                     let client = match client {
                         Ok(c) => c,
                         Err(e) => {

@@ -10,6 +10,7 @@
 
 pub use xdpnet_dataplane as dataplane;
 
+pub mod api_double;
 pub mod config;
 pub mod controller;
 pub mod daemon;

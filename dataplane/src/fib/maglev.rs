@@ -99,6 +99,11 @@ impl Maglev {
         self.table.len()
     }
 
+    /// The lookup table: backend index per entry.
+    pub fn entries(&self) -> &[u16] {
+        &self.table
+    }
+
     /// True when there are no backends.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
