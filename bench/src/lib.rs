@@ -4,5 +4,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod lab;
 pub mod workload;

@@ -17,6 +17,9 @@ const USAGE: &str = "usage: xdpnet-bench <command>
 
   demo       build a lab (2 nodes x 2 pods, a ClusterIP and a NodePort service), send real
              traffic through xdpnet, print what worked and the rates, tear it down
+  control    control-plane benchmark: 10,000 services x 10 endpoints, 1,000 nodes -> table
+             build time, memory, one EndpointSlice change -> published (p50/p99)
+             [--services N] [--endpoints N] [--nodes N] [--changes N]
   lab up     build a lab and leave it running   [--nodes N] [--pods M] [--prefix P]
   lab status show a running lab's daemons        [--prefix P]
   lab down   remove a lab (processes, namespaces, files)  [--prefix P]
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("pipeline") => pipeline(&args[1..]),
         Some("demo") => demo::demo(&args[1..]),
+        Some("control") => control(&args[1..]),
         Some("lab") => demo::lab(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
@@ -183,4 +187,61 @@ fn pipeline(args: &[String]) -> Result<()> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+fn control(args: &[String]) -> Result<()> {
+    use xdpnet_bench::control::{Shape, pct, run};
+    let mut shape = Shape {
+        services: 10_000,
+        endpoints: 10,
+        nodes: 1_000,
+    };
+    let mut changes = 1_000usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v: usize = it
+            .next()
+            .with_context(|| format!("{a} needs a value"))?
+            .parse()
+            .with_context(|| format!("{a} needs a number"))?;
+        match a.as_str() {
+            "--services" => shape.services = v.max(1),
+            "--endpoints" => shape.endpoints = v.clamp(1, 1000),
+            "--nodes" => shape.nodes = v.clamp(2, 60_000),
+            "--changes" => changes = v.max(1),
+            other => bail!("unknown option {other:?}"),
+        }
+    }
+    println!(
+        "control plane: {} services x {} endpoints, {} nodes, {} changes",
+        shape.services, shape.endpoints, shape.nodes, changes
+    );
+    let r = run(shape, changes);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "  full build (objects -> published table): {:.1} ms (translation {:.1} ms, table {:.1} ms)",
+        ms(r.full_build),
+        ms(r.translate),
+        ms(r.full_build - r.translate)
+    );
+    println!(
+        "  memory: stores {:.1} MiB + controller and table {:.1} MiB = {:.1} MiB",
+        r.stores_bytes as f64 / 1048576.0,
+        r.table_bytes as f64 / 1048576.0,
+        (r.stores_bytes + r.table_bytes) as f64 / 1048576.0
+    );
+    println!(
+        "  one EndpointSlice change -> published: p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        us(pct(&r.changes, 0.5)),
+        us(pct(&r.changes, 0.99)),
+        us(pct(&r.changes, 1.0))
+    );
+    println!(
+        "  baseline (the same change given to the table builder directly): p50 {:.0} us, p99 {:.0} us; change/baseline at p50 x{:.2}",
+        us(pct(&r.baseline, 0.5)),
+        us(pct(&r.baseline, 0.99)),
+        us(pct(&r.changes, 0.5)) / us(pct(&r.baseline, 0.5)).max(0.001)
+    );
+    Ok(())
 }

@@ -61,8 +61,47 @@ impl Controller {
         };
         c.pending.nodes = true;
         c.pending.pods = true;
-        c.pending.services = c.state.services.keys().cloned().collect();
         c.refresh();
+        // Every service at once: translate on all cores (read-only over the objects), then hand
+        // the specs to the builder in order.
+        let keys: Vec<&String> = c.state.services.keys().collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let chunk = keys.len().div_ceil(threads).max(1);
+        let st = &c.state;
+        let done: Vec<Vec<(String, Option<ServiceSpec>, Vec<String>)>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = keys
+                .chunks(chunk)
+                .map(|part| {
+                    sc.spawn(move || {
+                        part.iter()
+                            .map(|k| {
+                                let mut w = Vec::new();
+                                let spec = translate::service_spec(st, k, &mut w);
+                                ((*k).clone(), spec, w)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for (key, spec, mut w) in done.into_iter().flatten() {
+            if let Some(spec) = spec {
+                match c.builder.upsert_service(spec.clone()) {
+                    Ok(()) => {
+                        c.specs.insert(key.clone(), spec);
+                    }
+                    Err(e) => w.push(format!("service {key}: {e}")),
+                }
+            }
+            if !w.is_empty() {
+                c.svc_warnings.insert(key, w);
+            }
+        }
         Ok(c)
     }
 
