@@ -91,8 +91,8 @@ macro_rules! log {
     };
 }
 
-/// Next-hop MACs from the kernel's IPv4 neighbour table (`/proc/net/arp` of our namespace).
-fn neighbours() -> BTreeMap<Ipv4Addr, MacAddr> {
+/// Next-hop MACs from `/proc/net/arp` (the fallback when rtnetlink cannot be opened).
+fn proc_neighbours() -> BTreeMap<Ipv4Addr, MacAddr> {
     let Ok(text) = std::fs::read_to_string("/proc/net/arp") else {
         return BTreeMap::new();
     };
@@ -136,8 +136,39 @@ pub struct Shared {
     pub ready: AtomicBool,
 }
 
+/// The kernel's neighbour table: over rtnetlink, re-read when the kernel announces a change.
+struct NeighbourSource {
+    nl: Option<crate::neigh::Neighbours>,
+}
+
+impl NeighbourSource {
+    fn open(node: &str) -> Self {
+        match crate::neigh::Neighbours::open() {
+            Ok(n) => Self { nl: Some(n) },
+            Err(e) => {
+                log!(
+                    node,
+                    "rtnetlink unavailable ({e}); reading /proc/net/arp instead"
+                );
+                Self { nl: None }
+            }
+        }
+    }
+    fn read(&mut self) -> BTreeMap<Ipv4Addr, MacAddr> {
+        match self.nl.as_mut().map(|n| n.dump()) {
+            Some(Ok(t)) => t,
+            _ => proc_neighbours(),
+        }
+    }
+    /// True when a re-read may find something new.
+    fn changed(&mut self) -> bool {
+        self.nl.as_mut().is_none_or(|n| n.changed())
+    }
+}
+
 struct Daemon {
     cfg: DaemonConfig,
+    neigh_src: NeighbourSource,
     dp: Dataplane,
     ctl: Controller,
     neigh: BTreeMap<Ipv4Addr, MacAddr>,
@@ -521,10 +552,12 @@ pub fn run(
         ctl.node().pod_cidr,
         source.describe()
     );
+    let mut neigh_src = NeighbourSource::open(&node);
     let mut d = Daemon {
         dp,
         ctl,
-        neigh: neighbours(),
+        neigh: neigh_src.read(),
+        neigh_src,
         pods: BTreeMap::new(),
         warnings: Vec::new(),
         logged: BTreeSet::new(),
@@ -591,9 +624,12 @@ pub fn run(
         }
         let now = d.dp.now_secs();
         d.dp.conntrack().gc(now, 2048);
-        if last_neigh.elapsed() >= Duration::from_millis(200) {
+        let unresolved = d.remote_ips().iter().any(|ip| !d.neigh.contains_key(ip));
+        if d.neigh_src.changed()
+            || (unresolved && last_neigh.elapsed() >= Duration::from_millis(200))
+        {
             last_neigh = Instant::now();
-            let n = neighbours();
+            let n = d.neigh_src.read();
             let changed = d.remote_ips().iter().any(|ip| n.get(ip) != d.neigh.get(ip));
             d.neigh = n;
             if changed {

@@ -18,5 +18,6 @@ pub mod http;
 pub mod inspect;
 pub mod kube_source;
 pub mod metrics;
+pub mod neigh;
 pub mod state;
 pub mod translate;
