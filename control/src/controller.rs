@@ -13,6 +13,9 @@ use crate::translate::{self, LocalConfig, LocalPod, RemoteNode, TranslateError};
 use std::collections::BTreeMap;
 use xdpnet_dataplane::fib::{FibBuilder, NodeFacts, ServiceSpec};
 
+/// A service's key, its spec (None: it has none) and the warnings of its translation.
+type Translated = (String, Option<ServiceSpec>, Vec<String>);
+
 /// What a refresh changed besides services (already in the builder).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -70,7 +73,7 @@ impl Controller {
             .min(8);
         let chunk = keys.len().div_ceil(threads).max(1);
         let st = &c.state;
-        let done: Vec<Vec<(String, Option<ServiceSpec>, Vec<String>)>> = std::thread::scope(|sc| {
+        let done: Vec<Vec<Translated>> = std::thread::scope(|sc| {
             let hs: Vec<_> = keys
                 .chunks(chunk)
                 .map(|part| {
