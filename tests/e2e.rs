@@ -489,3 +489,155 @@ fn two_workers_per_node_and_a_two_queue_uplink() {
         },
     );
 }
+
+fn metric(lab: &Lab, n: usize, name: &str) -> Option<f64> {
+    let (code, body) = lab::http_get(
+        &lab.nodes[n].ns,
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9460),
+        "/metrics",
+    )
+    .ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn wait_metric(lab: &Lab, n: usize, name: &str, want: f64) -> Result<()> {
+    let t = Instant::now();
+    while metric(lab, n, name) != Some(want) {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "{name} on {} is {:?}, want {want}",
+            lab.nodes[n].name,
+            metric(lab, n, name)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[test]
+fn kubernetes_source_drives_the_dataplane_and_rides_out_an_api_outage() {
+    with_lab_spec(
+        "kube",
+        |s| s.kube_api = true,
+        |lab| {
+            let web = lab.services[0].clone();
+            let vip = SocketAddrV4::new(web.cluster_ip, web.port);
+            let client = lab.pods[0].ns.clone();
+            let all: BTreeSet<String> = lab.pods.iter().map(|p| p.name.clone()).collect();
+            let seen = spread(&client, vip, 60)?;
+            assert_eq!(
+                seen.keys().cloned().collect::<BTreeSet<_>>(),
+                all,
+                "{seen:?}"
+            );
+            for n in 0..2 {
+                let hp = |p: &str| {
+                    lab::http_get(
+                        &lab.nodes[n].ns,
+                        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9460),
+                        p,
+                    )
+                };
+                assert_eq!(hp("/readyz")?.0, 200);
+                assert_eq!(hp("/healthz")?.0, 200);
+                wait_metric(lab, n, "xdpnet_source_degraded", 0.0)?;
+                assert!(metric(lab, n, "xdpnet_table_publishes_total").unwrap_or(0.0) >= 1.0);
+            }
+            // The inspect CLI against node 1's daemon (its dump is at most a second old).
+            std::thread::sleep(Duration::from_millis(1200));
+            let sock = lab.dir.join("node-1.sock");
+            let bin = lab::bin_dir().join("xdpnetd");
+            let out = lab::run(
+                &bin.to_string_lossy(),
+                &["inspect", "--socket", &sock.to_string_lossy()],
+            )?;
+            assert!(
+                out.contains("lab/web:80/tcp") && out.contains("10.244.2.10:8080"),
+                "{out}"
+            );
+            assert!(
+                out.contains("node-2") && out.contains("198.18.0.12"),
+                "{out}"
+            );
+            let json = lab::run(
+                &bin.to_string_lossy(),
+                &["inspect", "--json", "--socket", &sock.to_string_lossy()],
+            )?;
+            let v: serde_json::Value = serde_json::from_str(&json)?;
+            assert_eq!(v["endpoints"].as_array().map(Vec::len), Some(2));
+            assert!(v["conntrack"]["entries"].as_u64().unwrap_or(0) > 0);
+
+            // An EndpointSlice change through the API reaches both nodes.
+            let gone = lab
+                .pods
+                .iter()
+                .position(|p| p.name == "pod-2-1")
+                .context("pod")?;
+            lab.services[0].backends.retain(|&b| b != gone);
+            let g: Vec<u64> = (0..2)
+                .map(|n| status(lab, n)["generation"].as_u64().unwrap_or(0))
+                .collect();
+            lab.write_state()?;
+            for (n, &g) in g.iter().enumerate() {
+                lab.wait_generation(n, g, Duration::from_secs(10))?;
+            }
+            let seen = spread(&client, vip, 40)?;
+            assert!(!seen.contains_key("pod-2-1"), "{seen:?}");
+            for n in 0..2 {
+                assert!(
+                    metric(lab, n, "xdpnet_event_to_publish_seconds_count").unwrap_or(0.0) >= 1.0
+                );
+            }
+
+            // The API server goes away: both daemons say so and keep forwarding.
+            let api_down = |lab: &Lab, down: bool| {
+                if let Some(a) = lab.api() {
+                    a.set_down(down);
+                }
+            };
+            api_down(lab, true);
+            for n in 0..2 {
+                wait_metric(lab, n, "xdpnet_source_degraded", 1.0)?;
+            }
+            let seen = spread(&client, vip, 30)?;
+            assert_eq!(seen.len(), 3, "{seen:?}");
+            // A daemon restarted while the API is down starts from the state it persisted.
+            lab.stop_daemon(0, Signal::SIGTERM)?;
+            lab.start_daemon(0)?;
+            lab.wait_ready(Duration::from_secs(20))?;
+            assert!(
+                lab.log_tail(0, 20).contains("persisted"),
+                "{}",
+                lab.log_tail(0, 20)
+            );
+            let c = lab.pods[2].clone();
+            let x = lab::tcp_exchange(&client, SocketAddrV4::new(c.ip, POD_PORT), 1 << 20)?;
+            assert_eq!(x.server, c.name);
+            let seen = spread(&client, vip, 30)?;
+            assert_eq!(seen.len(), 3, "{seen:?}");
+
+            // The API comes back: healthy again, and changes flow.
+            api_down(lab, false);
+            for n in 0..2 {
+                wait_metric(lab, n, "xdpnet_source_degraded", 0.0)?;
+            }
+            let g: Vec<u64> = (0..2)
+                .map(|n| status(lab, n)["generation"].as_u64().unwrap_or(0))
+                .collect();
+            lab.services[0].backends.push(gone);
+            lab.write_state()?;
+            for (n, &g) in g.iter().enumerate() {
+                lab.wait_generation(n, g, Duration::from_secs(20))?;
+            }
+            let seen = spread(&client, vip, 60)?;
+            assert_eq!(seen.len(), 4, "{seen:?}");
+            Ok(())
+        },
+    );
+}

@@ -183,6 +183,10 @@ pub struct LabSpec {
     pub workers: usize,
     /// RX/TX queues of each node's uplink veth.
     pub uplink_queues: usize,
+    /// Serve the cluster state from a test double of the Kubernetes API server (one listener
+    /// at 127.0.0.1:6443 inside every node namespace, one shared set of objects) instead of
+    /// the state file.
+    pub kube_api: bool,
 }
 
 impl LabSpec {
@@ -196,6 +200,7 @@ impl LabSpec {
             daemon_args: Vec::new(),
             workers: 1,
             uplink_queues: 1,
+            kube_api: false,
         }
     }
 }
@@ -242,6 +247,10 @@ pub struct Lab {
     daemon_args: Vec<String>,
     workers: usize,
     uplink_queues: usize,
+    /// The API server double (and its listeners in the other node namespaces).
+    api: Vec<xdpnet_control::api_double::ApiDouble>,
+    /// (kind, key) of the objects given to the API double.
+    api_objects: std::collections::BTreeSet<(String, String)>,
     keep: bool,
 }
 
@@ -293,6 +302,8 @@ impl Lab {
             daemon_args: spec.daemon_args.clone(),
             workers: spec.workers.clamp(1, ncpu),
             uplink_queues: spec.uplink_queues.clamp(1, 16),
+            api: Vec::new(),
+            api_objects: Default::default(),
             keep: false,
         };
         register(&spec.prefix);
@@ -320,6 +331,17 @@ impl Lab {
         }
         lab.services = lab.default_services();
         lab.wire()?;
+        if spec.kube_api {
+            for n in lab.nodes.clone() {
+                let l = in_ns(&n.ns, || std::net::TcpListener::bind("127.0.0.1:6443"))?
+                    .context("binding the API server double")?;
+                let d = match lab.api.first() {
+                    None => xdpnet_control::api_double::ApiDouble::serve(l)?,
+                    Some(a) => a.mirror(l)?,
+                };
+                lab.api.push(d);
+            }
+        }
         lab.write_state()?;
         for n in 0..lab.nodes.len() {
             lab.start_daemon(n)?;
@@ -508,7 +530,7 @@ impl Lab {
     }
 
     /// Writes the cluster-state file the daemons read (they reload it on change).
-    pub fn write_state(&self) -> Result<()> {
+    pub fn write_state(&mut self) -> Result<()> {
         let mut y = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let _ = write!(
@@ -558,11 +580,34 @@ impl Lab {
                 );
             }
         }
+        if let Some(api) = self.api.first() {
+            let mut now = std::collections::BTreeSet::new();
+            for doc in y.split("---\n").filter(|d| !d.trim().is_empty()) {
+                let v: serde_json::Value = serde_yaml::from_str(doc).context("lab object")?;
+                let kind = v["kind"].as_str().unwrap_or_default().to_string();
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let key = match v["metadata"]["namespace"].as_str() {
+                    Some(ns) => format!("{ns}/{name}"),
+                    None => name.to_string(),
+                };
+                now.insert((kind, key));
+                api.upsert(v);
+            }
+            for (kind, key) in self.api_objects.difference(&now) {
+                api.delete(kind, key);
+            }
+            self.api_objects = now;
+        }
         let path = self.state_path();
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, y)?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
+    }
+
+    /// The API server double, when the lab has one.
+    pub fn api(&self) -> Option<&xdpnet_control::api_double::ApiDouble> {
+        self.api.first()
     }
 
     /// The cluster-state file.
@@ -587,8 +632,17 @@ impl Lab {
             xdpnetd.to_string_lossy().into_owned(),
             "--node-name".into(),
             node.name.clone(),
-            "--state".into(),
-            state.to_string_lossy().into_owned(),
+            if self.api.is_empty() {
+                "--state"
+            } else {
+                "--api-server"
+            }
+            .into(),
+            if self.api.is_empty() {
+                state.to_string_lossy().into_owned()
+            } else {
+                "http://127.0.0.1:6443".into()
+            },
             "--uplink".into(),
             "eth0".into(),
             "--cores".into(),
@@ -747,6 +801,7 @@ impl Lab {
             s.stop();
         }
         self.servers.clear();
+        self.api.clear();
         for n in 0..self.daemons.len() {
             let _ = self.stop_daemon(n, nix::sys::signal::Signal::SIGTERM);
         }
@@ -1185,5 +1240,30 @@ pub fn udp_blast(ns: &str, to: SocketAddrV4, payload: usize, secs: f64) -> Resul
             }
         }
         Ok(n)
+    })?
+}
+
+/// `GET path` from namespace `ns` to `addr`: (status code, body).
+pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str) -> Result<(u16, String)> {
+    let path = path.to_string();
+    in_ns(ns, move || -> Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("HTTP status")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
     })?
 }

@@ -29,18 +29,55 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Health and counters of the watchers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KubeHealth {
     /// Per kind (index of [`Kind::ALL`]): listed at least once.
     pub synced: [AtomicBool; 5],
     /// Per kind: the last attempt failed.
     pub failing: [AtomicBool; 5],
+    /// Per kind: when the last error happened (ms since the source started).
+    pub last_error_ms: [AtomicU64; 5],
     /// Per kind: errors seen.
     pub errors: [AtomicU64; 5],
     /// Per kind: (re)lists started.
     pub lists: [AtomicU64; 5],
     /// The last error, for logs.
     pub last_error: Mutex<String>,
+    /// When the source started.
+    pub started: std::time::Instant,
+}
+
+impl Default for KubeHealth {
+    fn default() -> Self {
+        Self {
+            synced: Default::default(),
+            failing: Default::default(),
+            last_error_ms: Default::default(),
+            errors: Default::default(),
+            lists: Default::default(),
+            last_error: Mutex::new(String::new()),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// A watcher whose last error is older than this (and every retry since has stayed quiet) is
+/// healthy again: longer than the longest retry delay, so a watcher still failing keeps
+/// erroring within it. (A re-established watch on an idle collection delivers no event that
+/// could say so sooner.)
+pub const RECOVERED_AFTER: Duration = Duration::from_secs(7);
+
+impl KubeHealth {
+    /// True while some kind was never listed or failed recently.
+    pub fn degraded(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.synced.iter().any(|s| !s.load(Ordering::Relaxed))
+            || self.failing.iter().zip(&self.last_error_ms).any(|(f, t)| {
+                f.load(Ordering::Relaxed)
+                    && now.saturating_sub(t.load(Ordering::Relaxed))
+                        < RECOVERED_AFTER.as_millis() as u64
+            })
+    }
 }
 
 fn idx(k: Kind) -> usize {
@@ -125,6 +162,57 @@ pub fn strip_namespace(mut n: Namespace) -> Namespace {
     n
 }
 
+/// Retry delays of a failing watcher: 200 ms doubling to at most 5 s, each +-25 % so nodes
+/// do not retry in step; back to 200 ms after a success. A pod network must be back within
+/// seconds of its API server (kube-runtime's default waits up to 30 s).
+#[derive(Debug)]
+pub struct RetryBackoff {
+    next: Duration,
+    rng: u64,
+}
+
+impl RetryBackoff {
+    /// Fresh.
+    pub fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        Self {
+            next: Self::MIN,
+            rng: seed | 1,
+        }
+    }
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // 75 % .. 125 % of the base.
+        let f = 0.75 + (self.rng % 1000) as f64 / 2000.0;
+        Some(base.mul_f64(f))
+    }
+}
+
+impl kube::runtime::utils::Backoff for RetryBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 async fn watch_kind<K>(
     api: Api<K>,
     cfg: watcher::Config,
@@ -136,7 +224,8 @@ async fn watch_kind<K>(
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     let i = idx(kind);
-    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let started = health.started;
+    let mut stream = watcher(api, cfg).backoff(RetryBackoff::new()).boxed();
     let mut listing: Vec<Object> = Vec::new();
     while let Some(ev) = stream.next().await {
         let out = match ev {
@@ -161,6 +250,8 @@ async fn watch_kind<K>(
             Err(e) => {
                 health.errors[i].fetch_add(1, Ordering::Relaxed);
                 health.failing[i].store(true, Ordering::Relaxed);
+                health.last_error_ms[i]
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 if let Ok(mut l) = health.last_error.lock() {
                     *l = format!("{}: {e}", kind.name());
                 }
@@ -315,14 +406,26 @@ impl Source for KubeSource {
     }
 
     fn degraded(&self) -> bool {
-        self.health
-            .synced
-            .iter()
-            .any(|s| !s.load(Ordering::Relaxed))
-            || self
-                .health
-                .failing
-                .iter()
-                .any(|f| f.load(Ordering::Relaxed))
+        self.health.degraded()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_five_seconds_with_jitter_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = RetryBackoff::new();
+        let d: Vec<Duration> = (0..10).map(|_| b.next().expect("endless")).collect();
+        assert!(
+            d[0] >= Duration::from_millis(150) && d[0] <= Duration::from_millis(250),
+            "{d:?}"
+        );
+        assert!(d.iter().all(|x| *x <= Duration::from_millis(6250)), "{d:?}");
+        assert!(d[9] >= Duration::from_millis(3750), "{d:?}");
+        b.reset();
+        assert!(b.next().expect("endless") <= Duration::from_millis(250));
     }
 }
