@@ -60,29 +60,31 @@ impl Maglev {
         order.sort_by_key(|&i| backends[i]);
         // Each backend walks its permutation offset, offset + skip, ... (mod m); `pos` is where
         // it stands, advanced by one addition and a conditional subtraction (no division).
-        let mut pos = Vec::with_capacity(n);
-        let mut skip = Vec::with_capacity(n);
+        // u32 arithmetic (M < 2^24): half the register and cache footprint of usize.
+        let m32 = m as u32;
+        let mut pos: Vec<u32> = Vec::with_capacity(n);
+        let mut skip: Vec<u32> = Vec::with_capacity(n);
         for b in order.iter().map(|&i| &backends[i]) {
-            pos.push((backend_hash(b, 0x6d61_676c_6576_3031) % m as u64) as usize);
-            skip.push((backend_hash(b, 0x736b_6970_7365_6564) % (m as u64 - 1)) as usize + 1);
+            pos.push((backend_hash(b, 0x6d61_676c_6576_3031) % m as u64) as u32);
+            skip.push((backend_hash(b, 0x736b_6970_7365_6564) % (m as u64 - 1)) as u32 + 1);
         }
         let mut table = vec![u16::MAX; m];
         let mut filled = 0;
         'fill: loop {
-            for i in 0..n {
-                let mut c = pos[i];
-                while table[c] != u16::MAX {
-                    c += skip[i];
-                    if c >= m {
-                        c -= m;
+            for (i, (p, &s)) in pos.iter_mut().zip(&skip).enumerate() {
+                let mut c = *p;
+                while table[c as usize] != u16::MAX {
+                    c += s;
+                    if c >= m32 {
+                        c -= m32;
                     }
                 }
-                table[c] = order[i] as u16;
-                c += skip[i];
-                if c >= m {
-                    c -= m;
+                table[c as usize] = order[i] as u16;
+                c += s;
+                if c >= m32 {
+                    c -= m32;
                 }
-                pos[i] = c;
+                *p = c;
                 filled += 1;
                 if filled == m {
                     break 'fill;
