@@ -1,10 +1,12 @@
 //! Cluster state: the Kubernetes objects the table is built from, and the file source.
 //!
-//! One interface for every source ([`ClusterState`]): the file source here reads a YAML file
-//! (or a directory of them) of Nodes, Pods, Services and EndpointSlices — several documents per
-//! file and `kind: List` both work; the Kubernetes watch source fills the same stores. Objects
-//! of other kinds are counted and ignored. A file that does not parse is an error naming the
-//! file and document, and the caller keeps its previous state.
+//! One interface for every source ([`Source`], delivering [`Event`]s into a [`ClusterState`]):
+//! the file source here reads a YAML file (or a directory of them) of Nodes, Pods, Services,
+//! EndpointSlices and Namespaces — several documents per file and `kind: List` both work; the
+//! Kubernetes watch source (`kube_source`) delivers the same events. Objects of other kinds are
+//! counted and ignored. A file that does not parse is an error naming the file and document,
+//! and the caller keeps its previous state. [`save`] writes a state crash-safely for the next
+//! start.
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
