@@ -478,53 +478,58 @@ pub fn run(
     };
     let mut source = open_source(&cfg)?;
 
-    // The first state: from the source; if it cannot answer, what the last run saw.
-    let mut state = ClusterState::default();
-    let mut first: Vec<Event> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut persisted = load_persisted(&cfg);
+    // The first state: what the last run persisted (if any) with the source's events on top.
+    // Start as soon as this node's facts are known and the source is healthy — or at once from
+    // the persisted state while the source is not (API down or still listing); its lists will
+    // replace whatever changed meanwhile.
+    let mut state = load_persisted(&cfg).unwrap_or_default();
+    let from_disk = crate::translate::node_facts(&state, &local).is_ok();
+    let is_file = matches!(cfg.source, SourceConfig::File(_));
+    let mut waiting_logged = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         match source.next(Duration::from_millis(200)) {
-            Ok(evs) => first.extend(evs),
+            Ok(evs) => {
+                for e in evs {
+                    state.apply(e, &mut Default::default());
+                }
+            }
+            Err(e) if is_file => {
+                return Err(e).with_context(|| format!("cluster state from {}", source.describe()));
+            }
             Err(e) => log!(node, "cluster state from {}: {e}", source.describe()),
         }
-        let mut probe_state = state.clone();
-        for e in first.drain(..) {
-            probe_state.apply(e, &mut Default::default());
-        }
-        state = probe_state;
-        if crate::translate::node_facts(&state, &local).is_ok() && !source.degraded() {
+        let facts = crate::translate::node_facts(&state, &local);
+        if facts.is_ok() && !source.degraded() {
             break;
         }
-        if let Some(p) = persisted.take() {
-            if crate::translate::node_facts(&p, &local).is_ok() && source.degraded() {
-                log!(
-                    node,
-                    "{} unavailable: forwarding with the state persisted by the last run",
-                    source.describe()
-                );
-                state = p;
-                break;
-            }
+        if facts.is_ok() && from_disk {
+            log!(
+                node,
+                "{} not available yet: starting with the state persisted by the last run",
+                source.describe()
+            );
+            break;
         }
-        if Instant::now() > deadline {
-            // Keep waiting, but say why.
+        let facts = match facts {
+            // A file either has this node or is wrong: say so and stop.
+            Err(e) if is_file => {
+                return Err(e).with_context(|| format!("cluster state from {}", source.describe()));
+            }
+            f => f,
+        };
+        if waiting_logged.elapsed() >= Duration::from_secs(10) {
+            waiting_logged = Instant::now();
             log!(
                 node,
                 "waiting for this node's Node object from {}: {}",
                 source.describe(),
-                crate::translate::node_facts(&state, &local)
+                facts
                     .err()
                     .map_or("source degraded".into(), |e| e.to_string())
             );
-        }
-        if let SourceConfig::File(_) = cfg.source {
-            // A file either has our node or is wrong: say so and stop.
-            crate::translate::node_facts(&state, &local)
-                .with_context(|| format!("cluster state from {}", source.describe()))?;
         }
     }
     let ctl = Controller::new(local, state).context("cluster state")?;
