@@ -1,15 +1,27 @@
-//! xdpnet: the CNI plugin binary.
-//!
-//! Not implemented yet: every command answers with a CNI error object (code 11, "try again
-//! later") so a runtime that finds it installed gets a clear, retryable error.
+//! xdpnet: the CNI plugin binary (in /opt/cni/bin). Reads the CNI_* environment and the network
+//! configuration on stdin, forwards the request to xdpnetd, prints the result or a CNI error
+//! object, and exits 0 or 1. Never panics on any input.
 
 #![forbid(unsafe_code)]
 
+use std::io::Read;
+use std::time::Duration;
+
 fn main() {
-    let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
-    println!(
-        "{{\"cniVersion\":\"1.1.0\",\"code\":11,\"msg\":\"xdpnet CNI plugin is not implemented in this build\",\"details\":\"CNI_COMMAND={}\"}}",
-        cmd.escape_default()
-    );
-    std::process::exit(1);
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().take(1 << 20).read_to_end(&mut stdin);
+    let (out, code) = match read {
+        Ok(_) => xdpnet_cni::run(|k| std::env::var(k).ok(), &stdin, Duration::from_secs(30)),
+        Err(e) => (
+            Some(
+                xdpnet_cni::CniError::new(xdpnet_cni::code::IO, "reading stdin", e.to_string())
+                    .to_json(xdpnet_cni::LATEST),
+            ),
+            1,
+        ),
+    };
+    if let Some(v) = out {
+        println!("{v}");
+    }
+    std::process::exit(code);
 }
