@@ -16,6 +16,7 @@ pub mod controller;
 pub mod daemon;
 pub mod http;
 pub mod inspect;
+pub mod ipam;
 pub mod kube_source;
 pub mod metrics;
 pub mod neigh;
