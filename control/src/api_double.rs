@@ -70,8 +70,6 @@ impl ApiDouble {
     /// Serves on `listener` (bind it where the client can reach it, e.g. inside a lab
     /// namespace) with no objects.
     pub fn serve(listener: TcpListener) -> std::io::Result<Self> {
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
         let world = Arc::new((
             Mutex::new(World {
                 rv: 100,
@@ -79,6 +77,22 @@ impl ApiDouble {
             }),
             Condvar::new(),
         ));
+        Self::accept(listener, world)
+    }
+
+    /// Serves on 127.0.0.1 on a free port.
+    pub fn start() -> std::io::Result<Self> {
+        Self::serve(TcpListener::bind("127.0.0.1:0")?)
+    }
+
+    /// Another server on `listener` sharing this one's objects and knobs.
+    pub fn mirror(&self, listener: TcpListener) -> std::io::Result<ApiDouble> {
+        Self::accept(listener, self.world.clone())
+    }
+
+    fn accept(listener: TcpListener, world: Arc<(Mutex<World>, Condvar)>) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (w, st) = (world.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -95,37 +109,6 @@ impl ApiDouble {
             }
         });
         Ok(Self { addr, world, stop })
-    }
-
-    /// Serves on 127.0.0.1 on a free port.
-    pub fn start() -> std::io::Result<Self> {
-        Self::serve(TcpListener::bind("127.0.0.1:0")?)
-    }
-
-    /// Another server on `listener` sharing this one's objects and knobs.
-    pub fn mirror(&self, listener: TcpListener) -> std::io::Result<ApiDouble> {
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let (w, st) = (self.world.clone(), Arc::new(AtomicBool::new(false)));
-        let (w2, st2) = (w.clone(), st.clone());
-        std::thread::spawn(move || {
-            while !st2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        let (w, st) = (w2.clone(), st2.clone());
-                        std::thread::spawn(move || {
-                            let _ = handle(c, &w, &st);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(ApiDouble {
-            addr,
-            world: w,
-            stop: st,
-        })
     }
 
     /// `http://addr`.

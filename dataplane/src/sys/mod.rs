@@ -43,34 +43,12 @@ impl<const W: usize> AtomicArray<W> {
             bytes: usize::MAX,
             source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
         })?;
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
-        // result is checked for MAP_FAILED below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(MapError {
-                bytes,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        if bytes >= 2 << 20 {
-            // SAFETY: `p..p+bytes` is the mapping just created. The advice only changes how
-            // the kernel backs it; failure (THP disabled) is harmless and ignored.
-            unsafe { libc::madvise(p, bytes, libc::MADV_HUGEPAGE) };
-        }
-        let ptr = NonNull::new(p.cast::<[AtomicU64; W]>()).ok_or(MapError {
+        let p = anon_map(bytes).map_err(|source| MapError { bytes, source })?;
+        Ok(Self {
+            ptr: p.cast::<[AtomicU64; W]>(),
+            len,
             bytes,
-            source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
-        })?;
-        Ok(Self { ptr, len, bytes })
+        })
     }
 }
 
@@ -91,6 +69,33 @@ impl<const W: usize> Drop for AtomicArray<W> {
         // no reference into it outlives `self`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
+}
+
+/// A private anonymous read-write mapping of `bytes` (zeroed by the kernel), advised to use
+/// transparent huge pages when it is at least 2 MiB. Unmapped by its owner with `munmap`.
+pub(crate) fn anon_map(bytes: usize) -> std::io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+    // result is checked for MAP_FAILED below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    if bytes >= 2 << 20 {
+        // SAFETY: `p..p+bytes` is the mapping just created. The advice only changes how the
+        // kernel backs it; failure (THP disabled) is harmless and ignored.
+        unsafe { libc::madvise(p, bytes, libc::MADV_HUGEPAGE) };
+    }
+    NonNull::new(p.cast::<u8>())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
 }
 
 /// Hints the CPU to bring the cache line holding `r` into L1 ahead of use. Never faults and

@@ -73,26 +73,10 @@ impl Umem {
             return Err(XskError::Config("zero frames".into()));
         }
         let bytes = frames as usize * frame_size as usize;
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
-        // result is checked for MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(sys("mmap (UMEM)"));
-        }
-        if bytes >= 2 << 20 {
-            // SAFETY: `p..p+bytes` is the mapping just made; advice failure is harmless.
-            unsafe { libc::madvise(p, bytes, libc::MADV_HUGEPAGE) };
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| sys("mmap (UMEM)"))?;
+        let ptr = super::anon_map(bytes).map_err(|source| XskError::Sys {
+            call: "mmap (UMEM)",
+            source,
+        })?;
         Ok(Self {
             ptr,
             bytes,
