@@ -7,90 +7,12 @@ use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use xdpnet_bench::lab::{self, Capture, Lab, LabSpec, POD_PORT};
-use xdpnet_e2e::{Underlay, classify};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn prefix(name: &str) -> String {
-    format!("e{}{name}", std::process::id() % 10_000)
-}
-
-/// Runs `f` on a fresh 2 x 2 lab with servers in every pod; checks afterwards that nothing of
-/// the lab is left, whatever `f` did.
-fn with_lab(name: &str, f: impl FnOnce(&mut Lab) -> Result<()>) {
-    with_lab_spec(name, |_| {}, f)
-}
-
-fn with_lab_spec(
-    name: &str,
-    spec: impl FnOnce(&mut LabSpec),
-    f: impl FnOnce(&mut Lab) -> Result<()>,
-) {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    lab::cleanup_on_signal().expect("signal handler");
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the end-to-end tests need root (namespaces, XDP)"
-    );
-    let p = prefix(name);
-    let mut ls = LabSpec::new(&p, 2, 2);
-    spec(&mut ls);
-    let r = (|| -> Result<()> {
-        let mut lab = Lab::up(&ls)?;
-        lab.serve_all()?;
-        let r = f(&mut lab);
-        if r.is_err() {
-            for n in 0..lab.nodes.len() {
-                eprintln!("--- {} ---\n{}", lab.nodes[n].name, lab.log_tail(n, 40));
-            }
-        }
-        lab.down()?;
-        r
-    })();
-    assert!(
-        lab::namespaces(&p).is_empty(),
-        "namespaces of {p} left behind"
-    );
-    assert!(
-        !lab::lab_dir(&p).exists(),
-        "lab directory of {p} left behind"
-    );
-    if let Err(e) = r {
-        panic!("{name}: {e:#}");
-    }
-}
-
-fn status(lab: &Lab, n: usize) -> serde_json::Value {
-    lab.status(n).unwrap_or_default()
-}
-
-/// Waits for the next status write (once a second) so counters are current.
-fn fresh_status(lab: &Lab, n: usize) -> serde_json::Value {
-    std::thread::sleep(Duration::from_millis(1200));
-    status(lab, n)
-}
-
-/// Every UMEM frame is accounted for: free + fill + TX = total, and no bad descriptors.
-fn frames_accounted(s: &serde_json::Value) {
-    for w in s["workers"].as_array().expect("workers") {
-        let f = &w["frames"];
-        let total = f["total"].as_u64().expect("total");
-        let sum = f["free"].as_u64().unwrap_or(0)
-            + f["fill"].as_u64().unwrap_or(0)
-            + f["tx"].as_u64().unwrap_or(0);
-        assert_eq!(sum, total, "frames not accounted for: {f}");
-        assert_eq!(w["bad_desc"], 0, "bad descriptors: {w}");
-    }
-}
-
-fn xdp_attached(ns: &str, ifname: &str) -> bool {
-    lab::run("ip", &["-n", ns, "link", "show", ifname])
-        .map(|o| o.contains("prog/xdp"))
-        .unwrap_or(false)
-}
+use xdpnet_e2e::{
+    SERIAL, Underlay, classify, frames_accounted, fresh_status, prefix, status, with_lab,
+    with_lab_spec, xdp_attached,
+};
 
 #[test]
 fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {

@@ -183,6 +183,10 @@ pub struct LabSpec {
     pub workers: usize,
     /// RX/TX queues of each node's uplink veth.
     pub uplink_queues: usize,
+    /// UMEM frames per daemon worker.
+    pub frames: u32,
+    /// Pods each daemon is sized for (`--max-pods`).
+    pub max_pods: usize,
     /// Serve the cluster state from a test double of the Kubernetes API server (one listener
     /// at 127.0.0.1:6443 inside every node namespace, one shared set of objects) instead of
     /// the state file.
@@ -200,6 +204,8 @@ impl LabSpec {
             daemon_args: Vec::new(),
             workers: 1,
             uplink_queues: 1,
+            frames: 4096,
+            max_pods: 8,
             kube_api: false,
         }
     }
@@ -247,6 +253,8 @@ pub struct Lab {
     daemon_args: Vec<String>,
     workers: usize,
     uplink_queues: usize,
+    frames: u32,
+    max_pods: usize,
     /// The API server double (and its listeners in the other node namespaces).
     api: Vec<xdpnet_control::api_double::ApiDouble>,
     /// (kind, key) of the objects given to the API double.
@@ -302,6 +310,8 @@ impl Lab {
             daemon_args: spec.daemon_args.clone(),
             workers: spec.workers.clamp(1, ncpu),
             uplink_queues: spec.uplink_queues.clamp(1, 16),
+            frames: spec.frames,
+            max_pods: spec.max_pods,
             api: Vec::new(),
             api_objects: Default::default(),
             keep: false,
@@ -610,6 +620,16 @@ impl Lab {
         self.api.first()
     }
 
+    /// The CNI socket of node `n`'s daemon (what a conflist's `socket` names).
+    pub fn cni_socket(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("{}-cni.sock", self.nodes[n].name))
+    }
+
+    /// The lab's directory (logs, state, sockets).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The cluster-state file.
     pub fn state_path(&self) -> PathBuf {
         self.dir.join("cluster.yaml")
@@ -653,7 +673,9 @@ impl Lab {
             "--status-file".into(),
             node.status.to_string_lossy().into_owned(),
             "--frames".into(),
-            "4096".into(),
+            self.frames.to_string(),
+            "--max-pods".into(),
+            self.max_pods.to_string(),
             "--inspect-socket".into(),
             self.dir
                 .join(format!("{}.sock", node.name))
@@ -666,6 +688,8 @@ impl Lab {
                 .join(format!("{}-state", node.name))
                 .to_string_lossy()
                 .into_owned(),
+            "--cni-socket".into(),
+            self.cni_socket(n).to_string_lossy().into_owned(),
         ];
         args.extend(self.daemon_args.iter().cloned());
         let child = Command::new("ip")
@@ -723,7 +747,8 @@ impl Lab {
             .filter(|(i, p)| p.node == n && !self.absent.contains(i))
             .count() as u64;
         self.status(n).is_some_and(|s| {
-            s["local_endpoints"].as_u64() == Some(pods)
+            // At least the lab's pods (pods wired through the CNI plugin come on top).
+            s["local_endpoints"].as_u64().is_some_and(|e| e >= pods)
                 && s["remote_nodes"].as_array().map(Vec::len) == Some(self.nodes.len() - 1)
         })
     }

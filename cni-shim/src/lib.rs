@@ -311,21 +311,38 @@ pub struct Outcome {
     pub gateway: String,
     /// Pod MTU.
     pub mtu: u32,
+    /// The veth's host end (listed first, without a sandbox, for chained plugins such as
+    /// `bandwidth` that work on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+    /// MAC of the host end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mac: Option<String>,
 }
 
 /// The result JSON in `version` (0.3.x/0.4.0 carry `"version": "4"` on IPs; 1.1.0 adds `mtu`).
+/// With a host interface: `interfaces` = [host end, pod end] and the IP is on interface 1.
 pub fn result_json(o: &Outcome, version: &str) -> Value {
     let mut iface = json!({"name": o.interface, "mac": o.mac, "sandbox": o.sandbox});
+    let mut host = o
+        .host_interface
+        .as_ref()
+        .map(|h| json!({"name": h, "mac": o.host_mac.clone().unwrap_or_default()}));
     if version == "1.1.0" {
         iface["mtu"] = json!(o.mtu);
+        if let Some(h) = host.as_mut() {
+            h["mtu"] = json!(o.mtu);
+        }
     }
-    let mut ip = json!({"address": o.address, "gateway": o.gateway, "interface": 0});
+    let idx = usize::from(host.is_some());
+    let interfaces: Vec<Value> = host.into_iter().chain([iface]).collect();
+    let mut ip = json!({"address": o.address, "gateway": o.gateway, "interface": idx});
     if version.starts_with("0.") {
         ip["version"] = json!("4");
     }
     json!({
         "cniVersion": version,
-        "interfaces": [iface],
+        "interfaces": interfaces,
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": o.gateway}],
         "dns": {},

@@ -59,10 +59,14 @@ pub struct FileConfig {
     pub metrics_address: Option<String>,
     /// Inspect socket path.
     pub inspect_socket: Option<PathBuf>,
+    /// CNI endpoint socket path ("none": off).
+    pub cni_socket: Option<PathBuf>,
     /// Directory for state kept across restarts.
     pub state_dir: Option<PathBuf>,
     /// UMEM frames per worker.
     pub frames: Option<u32>,
+    /// Pods this node is sized for.
+    pub max_pods: Option<usize>,
 }
 
 impl FileConfig {

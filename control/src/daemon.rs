@@ -12,6 +12,7 @@
 //! conntrack ageing, the status file, metrics and inspection. SIGTERM/SIGINT end the loop;
 //! dropping the dataplane detaches programs and closes sockets.
 
+use crate::cni::{CniPod, CniService, PodOp, PodRequest};
 use crate::controller::Controller;
 use crate::metrics::{ControlMetrics, Text, label};
 use crate::state::{ClusterState, Event, FileSource, Kind, Source};
@@ -81,6 +82,8 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Unix socket for `xdpnetd inspect` (None: off).
     pub inspect_socket: Option<PathBuf>,
+    /// Unix socket of the CNI endpoint the `xdpnet` plugin calls (None: off).
+    pub cni_socket: Option<PathBuf>,
     /// Dataplane runtime settings.
     pub dataplane: DataplaneConfig,
 }
@@ -181,6 +184,9 @@ struct Daemon {
     shared: Arc<Shared>,
     persisted_at: Option<Instant>,
     persist_due: bool,
+    /// Pods the CNI endpoint wired, by host end.
+    cni_pods: BTreeMap<String, CniPod>,
+    cni: Option<Arc<CniService>>,
 }
 
 impl Daemon {
@@ -219,12 +225,7 @@ impl Daemon {
             }
         }
         // New local pods: wire their interfaces.
-        let want: BTreeMap<String, LocalPod> = self
-            .ctl
-            .local_pods()
-            .iter()
-            .map(|p| (p.ifname.clone(), p.clone()))
-            .collect();
+        let want = self.wanted_pods();
         for (ifname, p) in &want {
             if let Some(a) = self.pods.get_mut(ifname) {
                 a.ip = p.ip;
@@ -346,6 +347,9 @@ impl Daemon {
         }
         self.logged.retain(|w| warnings.contains(w));
         self.warnings = warnings;
+        if let Some(c) = &self.cni {
+            c.set_reserved(self.ctl.local_pods().iter().map(|p| p.ip).collect());
+        }
     }
 
     /// Applies a batch of events and syncs.
@@ -370,6 +374,86 @@ impl Daemon {
             }
         }
         self.sync(Some(since));
+    }
+
+    /// The pods to attach, by host interface: those the CNI endpoint wired, and those the
+    /// cluster state wires by annotation (hand-wired labs).
+    fn wanted_pods(&self) -> BTreeMap<String, LocalPod> {
+        let mut want: BTreeMap<String, LocalPod> = self
+            .ctl
+            .local_pods()
+            .iter()
+            .map(|p| (p.ifname.clone(), p.clone()))
+            .collect();
+        for (i, p) in &self.cni_pods {
+            want.insert(
+                i.clone(),
+                LocalPod {
+                    key: p.key.clone(),
+                    ip: p.ip,
+                    mac: p.mac,
+                    ifname: i.clone(),
+                },
+            );
+        }
+        want
+    }
+
+    /// Serves the CNI endpoint's requests waiting in `rx`: applies them, syncs once, answers.
+    fn serve_cni(&mut self, rx: &std::sync::mpsc::Receiver<PodRequest>) {
+        let mut batch = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            batch.push(r);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let since = Instant::now();
+        let mut changed = false;
+        for r in &batch {
+            match &r.op {
+                PodOp::Attach(p) => {
+                    changed |= self.cni_pods.get(&p.host_if) != Some(p);
+                    self.cni_pods.insert(p.host_if.clone(), p.clone());
+                }
+                PodOp::Detach(h) => changed |= self.cni_pods.remove(h).is_some(),
+                PodOp::Check(_) => {}
+            }
+        }
+        if changed {
+            self.sync(Some(since));
+        }
+        for r in batch {
+            let answer = match &r.op {
+                PodOp::Attach(p) => self.attached(&p.host_if),
+                PodOp::Check(h) => self.attached(h),
+                PodOp::Detach(h) => {
+                    if self.pods.contains_key(h) {
+                        Err(format!("{h} is still attached"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            let _ = r.reply.send(answer);
+        }
+    }
+
+    /// Ok when `host_if` is attached and in the published table.
+    fn attached(&self, host_if: &str) -> Result<(), String> {
+        match self.pods.get(host_if) {
+            Some(a) if self.dp.fib().endpoints().any(|e| e.ip == a.ip) => Ok(()),
+            Some(a) => Err(format!(
+                "{host_if} is attached but {} is not in the table",
+                a.ip
+            )),
+            None => Err(self
+                .warnings
+                .iter()
+                .find(|w| w.contains(host_if))
+                .cloned()
+                .unwrap_or_else(|| format!("{host_if} is not attached"))),
+        }
     }
 
     fn remote_ips(&self) -> Vec<Ipv4Addr> {
@@ -571,7 +655,60 @@ pub fn run(
         shared,
         persisted_at: None,
         persist_due: false,
+        cni_pods: BTreeMap::new(),
+        cni: None,
         cfg,
+    };
+    // The CNI endpoint: IPAM over this node's pod CIDR; pods wired before a restart are
+    // reattached with the addresses they have.
+    let (cni_tx, cni_rx) = std::sync::mpsc::channel::<PodRequest>();
+    let _cni_server = match d.cfg.cni_socket.clone() {
+        None => None,
+        Some(sock) => {
+            let dir = d
+                .cfg
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/xdpnet"));
+            let node_facts = d.ctl.node().clone();
+            let ipam = crate::ipam::Ipam::open(node_facts.pod_cidr, &dir.join("ipam.json"))
+                .context("IPAM")?;
+            let svc = Arc::new(CniService::new(
+                crate::cni::CniSettings {
+                    gateway: node_facts.gateway_ip,
+                    gateway_mac: d.cfg.gateway_mac,
+                    max_mtu: u32::from(mtu) - 50,
+                },
+                ipam,
+                cni_tx,
+                {
+                    let shared = d.shared.clone();
+                    Box::new(move || shared.ready.load(Ordering::Relaxed))
+                },
+            ));
+            let (found, missing) = svc.existing().context("reading pod interfaces")?;
+            for p in found {
+                log!(
+                    node,
+                    "reattaching pod {} ({} on {})",
+                    p.key,
+                    p.ip,
+                    p.host_if
+                );
+                d.cni_pods.insert(p.host_if.clone(), p);
+            }
+            for k in missing {
+                log!(
+                    node,
+                    "pod {k}: its interface is gone; its address is kept until the runtime's DEL or GC"
+                );
+            }
+            d.cni = Some(svc.clone());
+            Some(
+                crate::cni::serve(&sock, svc)
+                    .with_context(|| format!("CNI socket {}", sock.display()))?,
+            )
+        }
     };
     for ip in d.remote_ips() {
         if !d.neigh.contains_key(&ip) {
@@ -588,7 +725,8 @@ pub fn run(
         if reload.swap(false, Ordering::Relaxed) {
             source.reload();
         }
-        match source.next(Duration::from_millis(50)) {
+        d.serve_cni(&cni_rx);
+        match source.next(Duration::from_millis(10)) {
             Ok(evs) if !evs.is_empty() => {
                 let since = Instant::now();
                 let mut batch = evs;
@@ -644,7 +782,7 @@ pub fn run(
         if last_slow.elapsed() >= Duration::from_secs(1) {
             last_slow = Instant::now();
             let unresolved = d.remote_ips().iter().any(|ip| !d.neigh.contains_key(ip));
-            if unresolved || d.ctl.local_pods().len() != d.pods.len() {
+            if unresolved || d.wanted_pods().len() != d.pods.len() {
                 d.sync(None);
             }
             d.persist(false);

@@ -54,6 +54,20 @@ pub struct Allocation {
     pub ifname: String,
     /// `namespace/name` of the pod, when the runtime said.
     pub pod: Option<String>,
+    /// The wiring, once done: the host end's name, the pod end's MAC, the netns path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiring: Option<Wiring>,
+}
+
+/// How an allocation's pod is wired (what a restarted daemon needs to reattach it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wiring {
+    /// The veth's host end (attached to the dataplane).
+    pub host_if: String,
+    /// MAC of the pod's interface.
+    pub mac: String,
+    /// The pod's network namespace path.
+    pub netns: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,6 +84,7 @@ pub struct Ipam {
     path: PathBuf,
     by_ip: BTreeMap<Ipv4Addr, Allocation>,
     last: Option<Ipv4Addr>,
+    reserved: BTreeSet<Ipv4Addr>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
@@ -91,6 +106,7 @@ impl Ipam {
             path: path.to_path_buf(),
             by_ip: BTreeMap::new(),
             last: None,
+            reserved: BTreeSet::new(),
         };
         match std::fs::read(path) {
             Ok(bytes) => {
@@ -117,6 +133,48 @@ impl Ipam {
             .values()
             .find(|a| a.container_id == container_id && a.ifname == ifname)
             .map(|a| a.ip)
+    }
+
+    /// The CIDR allocations come from.
+    pub fn cidr(&self) -> Ipv4Net {
+        self.cidr
+    }
+
+    /// Addresses never to hand out besides the network, gateway and broadcast ones (pods this
+    /// node has that were wired by other means).
+    pub fn set_reserved(&mut self, ips: BTreeSet<Ipv4Addr>) {
+        self.reserved = ips;
+    }
+
+    /// Records (persisted before this returns) how (container, interface) is wired; None
+    /// clears it. False when there is no such allocation.
+    pub fn set_wiring(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        wiring: Option<Wiring>,
+    ) -> Result<bool, IpamError> {
+        let Some(ip) = self.get(container_id, ifname) else {
+            return Ok(false);
+        };
+        let Some(a) = self.by_ip.get_mut(&ip) else {
+            return Ok(false);
+        };
+        let old = std::mem::replace(&mut a.wiring, wiring);
+        if let Err(e) = self.save() {
+            if let Some(a) = self.by_ip.get_mut(&ip) {
+                a.wiring = old;
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// The allocation of (container, interface).
+    pub fn allocation(&self, container_id: &str, ifname: &str) -> Option<&Allocation> {
+        self.by_ip
+            .values()
+            .find(|a| a.container_id == container_id && a.ifname == ifname)
     }
 
     /// Every allocation.
@@ -150,7 +208,7 @@ impl Ipam {
                 let x = if x > last { x - n } else { x };
                 Ipv4Addr::from(x as u32)
             })
-            .find(|ip| !self.by_ip.contains_key(ip))
+            .find(|ip| !self.by_ip.contains_key(ip) && !self.reserved.contains(ip))
             .ok_or(IpamError::Exhausted(self.cidr))?;
         self.by_ip.insert(
             ip,
@@ -159,6 +217,7 @@ impl Ipam {
                 container_id: container_id.to_string(),
                 ifname: ifname.to_string(),
                 pod: pod.map(str::to_string),
+                wiring: None,
             },
         );
         let prev = self.last.replace(ip);
@@ -279,9 +338,35 @@ mod tests {
         ));
         let ips: BTreeSet<Ipv4Addr> = b.allocations().map(|a| a.ip).collect();
         assert_eq!(ips.len(), 5);
+        // Wiring is kept with the allocation across a reopen.
+        let w = Wiring {
+            host_if: "xnc0123456789ab".into(),
+            mac: "02:00:00:00:00:01".into(),
+            netns: "/run/netns/x".into(),
+        };
+        assert!(b.set_wiring("c3", "eth0", Some(w.clone())).expect("wire"));
+        assert!(!b.set_wiring("nope", "eth0", None).expect("none"));
+        let c = Ipam::open(cidr, &p).expect("reopen");
+        assert_eq!(
+            c.allocation("c3", "eth0").and_then(|a| a.wiring.clone()),
+            Some(w)
+        );
         assert!(
             !ips.contains(&Ipv4Addr::new(10, 244, 1, 1))
                 && !ips.contains(&Ipv4Addr::new(10, 244, 1, 7))
+        );
+        let _ = std::fs::remove_dir_all(p.parent().expect("dir"));
+    }
+
+    #[test]
+    fn reserved_addresses_are_skipped() {
+        let p = tmp("reserved");
+        let cidr: Ipv4Net = "10.244.3.0/29".parse().expect("cidr");
+        let mut a = Ipam::open(cidr, &p).expect("open");
+        a.set_reserved([Ipv4Addr::new(10, 244, 3, 2), Ipv4Addr::new(10, 244, 3, 3)].into());
+        assert_eq!(
+            a.allocate("c1", "eth0", None).expect("ip"),
+            Ipv4Addr::new(10, 244, 3, 4)
         );
         let _ = std::fs::remove_dir_all(p.parent().expect("dir"));
     }

@@ -11,6 +11,7 @@
 pub use xdpnet_dataplane as dataplane;
 
 pub mod api_double;
+pub mod cni;
 pub mod config;
 pub mod controller;
 pub mod daemon;
@@ -20,5 +21,6 @@ pub mod ipam;
 pub mod kube_source;
 pub mod metrics;
 pub mod neigh;
+pub mod podnet;
 pub mod state;
 pub mod translate;

@@ -59,6 +59,25 @@ pub struct DataplaneConfig {
     pub conntrack_capacity: usize,
     /// Frames each worker can have queued from other workers.
     pub handoff_depth: usize,
+    /// Pods a node is sized for: each pod socket's fill ring gets its share of three quarters
+    /// of the UMEM (after the uplink's and host port's rings; the last quarter is for frames
+    /// in flight), so the last pod attached is not starved of frames by the first ones.
+    pub max_pods: usize,
+}
+
+impl DataplaneConfig {
+    /// The fill ring of a pod socket: three quarters of the UMEM minus the uplink's and host
+    /// port's rings, shared by `max_pods`, as a power of two between 16 and `pod_rings.fill`.
+    pub fn pod_fill(&self) -> u32 {
+        let budget = (self.frames_per_worker / 4 * 3).saturating_sub(2 * self.rings.fill);
+        let per = budget / (self.max_pods.max(1) as u32);
+        let p = if per < 16 {
+            16
+        } else {
+            1 << (31 - per.leading_zeros())
+        };
+        p.min(self.pod_rings.fill).max(16.min(self.pod_rings.fill))
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -77,6 +96,7 @@ impl Default for DataplaneConfig {
             },
             conntrack_capacity: 262_144,
             handoff_depth: 1024,
+            max_pods: 110,
         }
     }
 }
@@ -308,7 +328,10 @@ impl Dataplane {
             _ => 1,
         };
         let rings = match role {
-            PortRole::Pod => self.cfg.pod_rings,
+            PortRole::Pod => RingSizes {
+                fill: self.cfg.pod_fill(),
+                ..self.cfg.pod_rings
+            },
             _ => self.cfg.rings,
         };
         let mode = match role {
@@ -490,5 +513,36 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod sizing_tests {
+    use super::*;
+
+    #[test]
+    fn pod_fill_rings_share_the_umem() {
+        let mut c = DataplaneConfig::default();
+        // 16384 frames: 12288 - 2048 for uplink + host = 10240 / 110 pods = 93 -> 64.
+        assert_eq!(c.pod_fill(), 64);
+        c.max_pods = 8;
+        assert_eq!(c.pod_fill(), 256, "never above the configured ring");
+        c.frames_per_worker = 4096;
+        c.max_pods = 256;
+        assert_eq!(c.pod_fill(), 16, "never below 16");
+        c.max_pods = 0;
+        assert_eq!(c.pod_fill(), 256);
+        // Every pod ring times max_pods fits next to the uplink and host rings.
+        for frames in [4096u32, 8192, 16384, 65536] {
+            for pods in [1usize, 8, 110, 250] {
+                c.frames_per_worker = frames;
+                c.max_pods = pods;
+                let f = c.pod_fill();
+                assert!(f.is_power_of_two() && (16..=256).contains(&f));
+                if f > 16 {
+                    assert!(f as usize * pods + 2048 <= frames as usize * 3 / 4);
+                }
+            }
+        }
     }
 }

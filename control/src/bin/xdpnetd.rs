@@ -79,9 +79,15 @@ struct Args {
     /// Unix socket for `xdpnetd inspect` ("none" to disable) [default: /run/xdpnet/xdpnetd.sock].
     #[arg(long)]
     inspect_socket: Option<PathBuf>,
+    /// Unix socket of the CNI endpoint ("none" to disable) [default: /run/xdpnet/cni.sock].
+    #[arg(long)]
+    cni_socket: Option<PathBuf>,
     /// UMEM frames per worker [default: 16384].
     #[arg(long)]
     frames: Option<u32>,
+    /// Pods this node is sized for (each pod socket's share of the frames) [default: 110].
+    #[arg(long)]
+    max_pods: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +164,12 @@ fn main() -> anyhow::Result<()> {
         .or(file.inspect_socket.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_INSPECT_SOCKET));
     let inspect_socket = (inspect_socket.as_os_str() != "none").then_some(inspect_socket);
+    let cni_socket = a
+        .cni_socket
+        .clone()
+        .or(file.cni_socket.clone())
+        .unwrap_or_else(|| PathBuf::from(xdpnet_cni::DEFAULT_SOCKET));
+    let cni_socket = (cni_socket.as_os_str() != "none").then_some(cni_socket);
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -189,10 +201,12 @@ fn main() -> anyhow::Result<()> {
         state_dir: a.state_dir.or(file.state_dir),
         metrics_addr,
         inspect_socket,
+        cni_socket,
         dataplane: DataplaneConfig {
             cores,
             busy_poll: a.busy_poll || file.busy_poll.unwrap_or(false),
             frames_per_worker: a.frames.or(file.frames).unwrap_or(16_384),
+            max_pods: a.max_pods.or(file.max_pods).unwrap_or(110),
             ..DataplaneConfig::default()
         },
     };

@@ -776,6 +776,54 @@ pub fn rx_queues(name: &str) -> u32 {
     (ch.rx_count + ch.combined_count).max(1)
 }
 
+/// An ethtool "value" request (`struct ethtool_value`) on interface `name` in the caller's
+/// network namespace; returns the value the kernel left in it.
+fn ethtool_value(name: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut v = EthtoolValue { cmd, data };
+    // SAFETY: an all-zero ifreq is valid (plain integers and arrays).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut v as *mut EthtoolValue).cast();
+    // SAFETY: plain socket(2); checked below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `s` is a fresh fd nothing else owns.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: SIOCETHTOOL reads the NUL-terminated name in `ifr` and reads/writes one
+    // ethtool_value in `v`, which outlives the call.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v.data)
+}
+
+/// Turns TX checksum offload of `name` on or off (ETHTOOL_STXCSUM; the kernel drops the
+/// offloads that depend on it, TSO among them). Off on every kernel-stack interface that sends
+/// into the dataplane: a veth otherwise hands over frames with partial checksums.
+pub fn set_tx_checksum(name: &str, on: bool) -> std::io::Result<()> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    ethtool_value(name, ETHTOOL_STXCSUM, u32::from(on)).map(|_| ())
+}
+
+/// Whether TX checksum offload of `name` is on (ETHTOOL_GTXCSUM).
+pub fn tx_checksum(name: &str) -> std::io::Result<bool> {
+    const ETHTOOL_GTXCSUM: u32 = 0x16;
+    ethtool_value(name, ETHTOOL_GTXCSUM, 0).map(|d| d != 0)
+}
+
 fn ifreq_ioctl(name: &str, req: libc::c_ulong) -> Option<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return None;

@@ -1,0 +1,437 @@
+//! The CNI plugin end to end: the real `xdpnet` binary against the real `xdpnetd` of a lab
+//! node, wiring pods in namespaces the test makes, and real TCP through the dataplane. Needs
+//! root (`make deps` for iproute2 and ethtool). Every namespace carries the lab's prefix, so the
+//! lab's teardown removes it whatever happens.
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+use xdpnet_bench::lab::{self, Lab, POD_PORT};
+use xdpnet_e2e::{cni_call, cni_conf, status, with_lab_spec};
+
+/// The CNI_* variables of one container.
+fn env<'a>(id: &'a str, netns: &'a str, ifname: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME=pod",
+        ),
+    ]
+}
+
+fn netns_add(name: &str) -> Result<String> {
+    lab::run("ip", &["netns", "add", name])?;
+    lab::run("ip", &["-n", name, "link", "set", "lo", "up"])?;
+    Ok(format!("/run/netns/{name}"))
+}
+
+fn add(lab: &Lab, id: &str, ns: &str) -> Result<(Value, Ipv4Addr)> {
+    let path = format!("/run/netns/{ns}");
+    let (rc, out) = cni_call("ADD", &env(id, &path, "eth0"), &cni_conf(lab, 0, "1.0.0"))?;
+    ensure!(rc == 0, "ADD {id}: exit {rc}: {out}");
+    let ip: Ipv4Addr = out["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("ADD {id}: no address in {out}"))?;
+    Ok((out, ip))
+}
+
+fn host_links(lab: &Lab) -> Result<BTreeSet<String>> {
+    let out = lab::run("ip", &["-n", &lab.nodes[0].ns, "-o", "link", "show"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("xnc"))
+        .collect())
+}
+
+fn ipam_ips(lab: &Lab) -> Result<Vec<String>> {
+    let p = lab.dir().join("node-1-state/ipam.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(&p)?)?;
+    Ok(v["allocations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["ip"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Waits until node 1's status shows `n` local endpoints (the status is written every second).
+fn wait_endpoints(lab: &Lab, n: u64) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let s = status(lab, 0);
+        if s["local_endpoints"].as_u64() == Some(n) {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "node 1 has {} local endpoints, not {n}",
+                s["local_endpoints"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn restart(lab: &mut Lab, sig: Signal) -> Result<()> {
+    lab.stop_daemon(0, sig)?;
+    lab.start_daemon(0)?;
+    lab.wait_ready(Duration::from_secs(20))
+}
+
+#[test]
+fn plugin_wires_a_pod_that_reaches_pods_and_services_and_keeps_it_across_restarts() {
+    with_lab_spec(
+        "cni",
+        |s| s.pods_per_node = 1,
+        |lab| {
+            let ns = format!("{}-c0", lab.prefix);
+            let path = netns_add(&ns)?;
+            // 1.1.0 config: the result carries the MTU on the interfaces.
+            let (rc, out) = cni_call("ADD", &env("c0", &path, "eth0"), &cni_conf(lab, 0, "1.1.0"))?;
+            ensure!(rc == 0, "ADD: exit {rc}: {out}");
+            ensure!(out["cniVersion"] == "1.1.0", "{out}");
+            let ifs = out["interfaces"].as_array().context("interfaces")?;
+            ensure!(ifs.len() == 2, "{out}");
+            let host_if = ifs[0]["name"].as_str().context("host name")?.to_string();
+            ensure!(
+                host_if.starts_with("xnc") && ifs[0].get("sandbox").is_none(),
+                "{out}"
+            );
+            ensure!(
+                ifs[1]["name"] == "eth0" && ifs[1]["sandbox"] == path.as_str(),
+                "{out}"
+            );
+            ensure!(ifs[1]["mtu"] == 1450, "{out}");
+            ensure!(out["ips"][0]["interface"] == 1, "{out}");
+            ensure!(out["ips"][0]["gateway"] == "10.244.1.1", "{out}");
+            ensure!(out["routes"][0]["dst"] == "0.0.0.0/0", "{out}");
+            let addr = out["ips"][0]["address"].as_str().context("address")?;
+            let ip: Ipv4Addr = addr.trim_end_matches("/24").parse()?;
+            ensure!(
+                addr.ends_with("/24") && ip.octets()[..3] == [10, 244, 1],
+                "{addr}"
+            );
+            // The lab's hand-wired pod keeps its address: IPAM must not hand it out.
+            ensure!(
+                ip != lab.pods[0].ip,
+                "IPAM gave out the address of an existing pod"
+            );
+            // What the pod got, as the kernel reports it.
+            let link = lab::run("ip", &["-n", &ns, "-d", "link", "show", "eth0"])?;
+            ensure!(link.contains("mtu 1450") && link.contains("veth"), "{link}");
+            ensure!(
+                link.contains(ifs[1]["mac"].as_str().unwrap_or("?")),
+                "{link}"
+            );
+            let neigh = lab::run("ip", &["-n", &ns, "neigh", "show", "10.244.1.1"])?;
+            ensure!(
+                neigh.contains(lab::GATEWAY_MAC) && neigh.contains("PERMANENT"),
+                "{neigh}"
+            );
+            let route = lab::run("ip", &["-n", &ns, "route", "show", "default"])?;
+            ensure!(route.contains("via 10.244.1.1 dev eth0"), "{route}");
+            let k = lab::run("ip", &["netns", "exec", &ns, "ethtool", "-k", "eth0"])?;
+            ensure!(k.contains("tx-checksumming: off"), "{k}");
+            let host = lab::run("ip", &["-n", &lab.nodes[0].ns, "link", "show", &host_if])?;
+            ensure!(
+                host.contains("mtu 1450") && host.contains("prog/xdp"),
+                "{host}"
+            );
+
+            // Reachable at once: from a pod on node 2, and to a pod on node 2 and a service.
+            lab.serve(&ns, "c0", POD_PORT)?;
+            let to_c0 = SocketAddrV4::new(ip, POD_PORT);
+            let x = lab::tcp_exchange(&lab.pods[1].ns, to_c0, 256 * 1024)?;
+            ensure!(x.server == "c0", "reached {}", x.server);
+            let x =
+                lab::tcp_exchange(&ns, SocketAddrV4::new(lab.pods[1].ip, POD_PORT), 256 * 1024)?;
+            ensure!(x.server == lab.pods[1].name, "reached {}", x.server);
+            let svc = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+            for _ in 0..4 {
+                lab::tcp_exchange(&ns, svc, 64 * 1024)?;
+            }
+
+            // CHECK with the runtime's prevResult.
+            let mut conf = cni_conf(lab, 0, "1.0.0");
+            conf["prevResult"] = out.clone();
+            let (rc, o) = cni_call("CHECK", &env("c0", &path, "eth0"), &conf)?;
+            ensure!(rc == 0 && o.is_null(), "CHECK: {rc} {o}");
+            // A repeated ADD answers the same address without rewiring.
+            let (again, ip2) = add(lab, "c0", &ns)?;
+            ensure!(
+                ip2 == ip && again["interfaces"][1]["mac"] == out["interfaces"][1]["mac"],
+                "{again}"
+            );
+
+            // Restarts (clean and SIGKILL): the pod keeps its address and its traffic.
+            for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+                restart(lab, sig)?;
+                wait_endpoints(lab, 2)?;
+                let x = lab::tcp_exchange(&lab.pods[1].ns, to_c0, 64 * 1024)
+                    .with_context(|| format!("after a restart by {sig:?}"))?;
+                ensure!(x.server == "c0");
+                let (rc, o) = cni_call("CHECK", &env("c0", &path, "eth0"), &conf)?;
+                ensure!(rc == 0, "CHECK after {sig:?}: {o}");
+                ensure!(ipam_ips(lab)? == vec![ip.to_string()], "IPAM after {sig:?}");
+            }
+            ensure!(
+                lab.log_tail(0, 200).contains("reattaching pod test/pod"),
+                "no reattach logged"
+            );
+
+            // CHECK notices a pod whose address was removed.
+            lab::run("ip", &["-n", &ns, "addr", "flush", "dev", "eth0"])?;
+            let (rc, o) = cni_call("CHECK", &env("c0", &path, "eth0"), &conf)?;
+            ensure!(
+                rc == 1 && o["code"] == 100,
+                "CHECK of a broken pod: {rc} {o}"
+            );
+            // ADD repairs it (same address).
+            let (_, ip3) = add(lab, "c0", &ns)?;
+            ensure!(ip3 == ip);
+            let x = lab::tcp_exchange(&lab.pods[1].ns, to_c0, 64 * 1024)?;
+            ensure!(x.server == "c0");
+
+            // DEL: detached, veth gone, address free, table entry gone; twice is fine.
+            let (rc, o) = cni_call("DEL", &env("c0", &path, "eth0"), &conf)?;
+            ensure!(rc == 0 && o.is_null(), "DEL: {rc} {o}");
+            ensure!(
+                host_links(lab)?.is_empty(),
+                "host ends left: {:?}",
+                host_links(lab)?
+            );
+            let pod_links = lab::run("ip", &["-n", &ns, "-o", "link", "show"])?;
+            ensure!(!pod_links.contains("eth0"), "{pod_links}");
+            ensure!(ipam_ips(lab)?.is_empty(), "IPAM: {:?}", ipam_ips(lab)?);
+            wait_endpoints(lab, 1)?;
+            let (rc, _) = cni_call("DEL", &env("c0", &path, "eth0"), &conf)?;
+            ensure!(rc == 0, "second DEL");
+            // DEL after the namespace is gone (the runtime's retry after a crash).
+            let (_, _) = add(lab, "c0", &ns)?;
+            lab::run("ip", &["netns", "del", &ns])?;
+            let (rc, o) = cni_call("DEL", &env("c0", &path, "eth0"), &conf)?;
+            ensure!(rc == 0, "DEL without a netns: {o}");
+            ensure!(host_links(lab)?.is_empty() && ipam_ips(lab)?.is_empty());
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn gc_removes_what_is_not_valid_and_bad_requests_get_the_spec_codes() {
+    with_lab_spec(
+        "cnigc",
+        |s| s.pods_per_node = 1,
+        |lab| {
+            let mut ips = Vec::new();
+            for c in ["a", "b", "c"] {
+                let ns = format!("{}-{c}", lab.prefix);
+                netns_add(&ns)?;
+                ips.push(add(lab, c, &ns)?.1);
+            }
+            let distinct: BTreeSet<_> = ips.iter().collect();
+            ensure!(distinct.len() == 3, "{ips:?}");
+            wait_endpoints(lab, 4)?;
+            // A stray host end of ours that no allocation owns (a crash mid-ADD).
+            lab::run(
+                "ip",
+                &[
+                    "-n",
+                    &lab.nodes[0].ns,
+                    "link",
+                    "add",
+                    "xnc0000000000aa",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "xtmp",
+                ],
+            )?;
+            let mut gc = cni_conf(lab, 0, "1.1.0");
+            gc["cni.dev/valid-attachments"] = json!([{"containerID": "b", "ifname": "eth0"}]);
+            let (rc, o) = cni_call("GC", &[], &gc)?;
+            ensure!(rc == 0, "GC: {o}");
+            let links = host_links(lab)?;
+            ensure!(links.len() == 1, "after GC: {links:?}");
+            ensure!(
+                ipam_ips(lab)? == vec![ips[1].to_string()],
+                "{:?}",
+                ipam_ips(lab)?
+            );
+            wait_endpoints(lab, 2)?;
+            let b = format!("/run/netns/{}-b", lab.prefix);
+            let (rc, o) = cni_call("CHECK", &env("b", &b, "eth0"), &cni_conf(lab, 0, "1.0.0"))?;
+            ensure!(rc == 0, "b survives GC: {o}");
+
+            // Bad requests: each gets its code and changes nothing.
+            let bad = |cmd: &str, e: &[(&str, &str)], conf: &Value, code: u64| -> Result<()> {
+                let (rc, o) = cni_call(cmd, e, conf)?;
+                ensure!(
+                    rc == 1 && o["code"] == code,
+                    "{cmd} {e:?}: want code {code}, got {rc} {o}"
+                );
+                ensure!(o["msg"].as_str().is_some_and(|m| !m.is_empty()), "{o}");
+                Ok(())
+            };
+            let mut big = cni_conf(lab, 0, "1.0.0");
+            big["mtu"] = json!(1500);
+            let d = format!("/run/netns/{}-d", lab.prefix);
+            netns_add(&format!("{}-d", lab.prefix))?;
+            bad("ADD", &env("d", &d, "eth0"), &big, 7)?;
+            let gone = format!("/run/netns/{}-nosuch", lab.prefix);
+            bad(
+                "ADD",
+                &env("e", &gone, "eth0"),
+                &cni_conf(lab, 0, "1.0.0"),
+                3,
+            )?;
+            bad(
+                "CHECK",
+                &env("zz", &d, "eth0"),
+                &cni_conf(lab, 0, "1.0.0"),
+                3,
+            )?;
+            bad("GC", &[], &cni_conf(lab, 0, "1.1.0"), 7)?;
+            let mut v = cni_conf(lab, 0, "1.0.0");
+            v["cniVersion"] = json!("2.0.0");
+            bad("ADD", &env("d", &d, "eth0"), &v, 1)?;
+            bad(
+                "ADD",
+                &[("CNI_CONTAINERID", "d")],
+                &cni_conf(lab, 0, "1.0.0"),
+                4,
+            )?;
+            ensure!(ipam_ips(lab)?.len() == 1, "bad requests changed IPAM");
+            // STATUS: ready while the daemon runs; 50 when it is gone; ADD then says 11.
+            let (rc, o) = cni_call("STATUS", &[], &cni_conf(lab, 0, "1.1.0"))?;
+            ensure!(rc == 0, "STATUS: {o}");
+            lab.stop_daemon(0, Signal::SIGTERM)?;
+            bad("STATUS", &[], &cni_conf(lab, 0, "1.1.0"), 50)?;
+            bad("ADD", &env("d", &d, "eth0"), &cni_conf(lab, 0, "1.0.0"), 11)?;
+            // The pods' wiring stays while the daemon is down.
+            ensure!(host_links(lab)?.len() == 1);
+            lab.start_daemon(0)?;
+            lab.wait_ready(Duration::from_secs(20))?;
+            let (rc, o) = cni_call("CHECK", &env("b", &b, "eth0"), &cni_conf(lab, 0, "1.0.0"))?;
+            ensure!(rc == 0, "b after the restart: {o}");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn two_hundred_pods_added_and_deleted_concurrently_leave_nothing_behind() {
+    with_lab_spec(
+        "cni200",
+        |s| {
+            s.nodes = 1;
+            s.pods_per_node = 0;
+            s.frames = 16_384;
+            s.max_pods = 256;
+        },
+        |lab| {
+            const N: usize = 200;
+            let names: Vec<String> = (0..N).map(|i| format!("{}-p{i}", lab.prefix)).collect();
+            for n in &names {
+                netns_add(n)?;
+            }
+            let pid = status(lab, 0)["pid"].as_u64().context("pid")?;
+            let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
+            let fds_before = fds()?;
+            let conf = cni_conf(lab, 0, "1.0.0");
+            let run_all = |cmd: &'static str| -> Result<Vec<Value>> {
+                std::thread::scope(|s| {
+                    let hs: Vec<_> = names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            let (id, path, conf) =
+                                (format!("ctr{i}"), format!("/run/netns/{n}"), &conf);
+                            s.spawn(move || -> Result<Value> {
+                                let (rc, o) = cni_call(cmd, &env(&id, &path, "eth0"), conf)?;
+                                ensure!(rc == 0, "{cmd} {id}: {o}");
+                                Ok(o)
+                            })
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .map(|h| h.join().map_err(|_| anyhow::anyhow!("thread panicked"))?)
+                        .collect()
+                })
+            };
+            let t = Instant::now();
+            let outs = run_all("ADD")?;
+            eprintln!("{N} concurrent ADDs: {:?}", t.elapsed());
+            let ips: BTreeSet<String> = outs
+                .iter()
+                .filter_map(|o| o["ips"][0]["address"].as_str().map(str::to_string))
+                .collect();
+            ensure!(
+                ips.len() == N,
+                "{} distinct addresses for {N} pods",
+                ips.len()
+            );
+            ensure!(host_links(lab)?.len() == N);
+            ensure!(ipam_ips(lab)?.len() == N);
+            wait_endpoints(lab, N as u64)?;
+            // A few of them talk to each other through the dataplane.
+            let first: Ipv4Addr = outs[0]["ips"][0]["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .context("first address")?;
+            lab.serve(&names[0], "p0", POD_PORT)?;
+            for n in [&names[N - 1], &names[N / 2]] {
+                let x = lab::tcp_exchange(n, SocketAddrV4::new(first, POD_PORT), 16 * 1024)?;
+                ensure!(x.server == "p0");
+            }
+            let t = Instant::now();
+            run_all("DEL")?;
+            eprintln!("{N} concurrent DELs: {:?}", t.elapsed());
+            ensure!(
+                host_links(lab)?.is_empty(),
+                "host ends left: {}",
+                host_links(lab)?.len()
+            );
+            ensure!(
+                ipam_ips(lab)?.is_empty(),
+                "addresses left: {}",
+                ipam_ips(lab)?.len()
+            );
+            wait_endpoints(lab, 0)?;
+            let s = status(lab, 0);
+            let ports = s["ports"].as_array().map_or(0, Vec::len);
+            ensure!(ports == 2, "ports left: {}", s["ports"]);
+            for n in &names {
+                let l = lab::run("ip", &["-n", n, "-o", "link", "show"])?;
+                ensure!(!l.contains("eth0"), "{n} still has eth0");
+            }
+            // Sockets and files of the daemon are back to where they were (one-off fds of
+            // the request threads may lag a moment).
+            let t = Instant::now();
+            while fds()? > fds_before && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ensure!(
+                fds()? <= fds_before,
+                "daemon fds {} -> {}",
+                fds_before,
+                fds()?
+            );
+            Ok(())
+        },
+    );
+}
