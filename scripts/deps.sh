@@ -3,8 +3,13 @@
 # everything is present. Debian 12, as root (or with sudo).
 set -euo pipefail
 
-# Debian packages: iproute2, ethtool, ping and tcpdump for the lab; the libxdp/libbpf build needs the rest.
-pkgs=(iproute2 ethtool iputils-ping tcpdump m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev)
+# Debian packages: iproute2, ethtool, ping and tcpdump for the lab; m4 .. libbpf-dev for the
+# libbpf build; the CNI tests' real clients: golang-go + golang-github-appc-cni-dev (libcni
+# driver), containernetworking-plugins + iptables (portmap, bandwidth, loopback), containerd +
+# runc + busybox-static (CRI pods).
+pkgs=(iproute2 ethtool iputils-ping tcpdump m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev
+  golang-go golang-github-appc-cni-dev containernetworking-plugins iptables containerd runc
+  busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,6 +20,10 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The CRI client of the containerd test (v1 gRPC stubs; pulls grpcio and protobuf).
+python3 -c "import cri_api, grpc" 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check container-runtime-interface-api >/dev/null
 
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true

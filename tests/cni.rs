@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 use xdpnet_bench::lab::{self, Lab, POD_PORT};
-use xdpnet_e2e::{cni_call, cni_conf, status, with_lab_spec};
+use xdpnet_e2e::{cni_call, cni_conf, cnitool, status, with_lab_spec};
 
 /// The CNI_* variables of one container.
 fn env<'a>(id: &'a str, netns: &'a str, ifname: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -431,6 +431,177 @@ fn two_hundred_pods_added_and_deleted_concurrently_leave_nothing_behind() {
                 fds_before,
                 fds()?
             );
+            Ok(())
+        },
+    );
+}
+
+/// Runs the libcni driver in node 1's namespace (portmap's iptables rules and bandwidth's
+/// qdiscs land there, as on a node): `cmd` on `conflist` for container `id`.
+fn libcni(
+    lab: &Lab,
+    cmd: &str,
+    conflist: &std::path::Path,
+    id: &str,
+    extra: &str,
+) -> Result<(i32, Value)> {
+    let tool = cnitool()?;
+    let netns = format!("/run/netns/{}-{id}", lab.prefix);
+    let cni_path = format!("{}:/usr/lib/cni", lab::bin_dir().display());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.nodes[0].ns])
+        .arg(&tool)
+        .args([cmd, &conflist.to_string_lossy(), id, &netns, "eth0", extra])
+        .env("CNI_PATH", cni_path)
+        .env("CNI_CACHE_DIR", lab.dir().join("cni-cache"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{cmd}: {text}"))?
+    };
+    if !out.status.success() {
+        eprintln!(
+            "libcni {cmd} {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((out.status.code().unwrap_or(-1), v))
+}
+
+fn nat_rules(lab: &Lab) -> Result<String> {
+    lab::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.nodes[0].ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-S",
+        ],
+    )
+}
+
+#[test]
+fn libcni_chains_the_plugin_with_portmap_and_bandwidth_and_a_host_port_works() {
+    with_lab_spec(
+        "libcni",
+        |s| s.pods_per_node = 1,
+        |lab| {
+            let plugin = json!({"type": "xdpnet", "socket": lab.cni_socket(0).to_string_lossy(), "mtu": 1450});
+            let portmap =
+                json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true});
+            let bandwidth = json!({"type": "bandwidth", "capabilities": {"bandwidth": true}});
+            let full = lab.dir().join("10-xdpnet.conflist");
+            std::fs::write(
+                &full,
+                json!({"cniVersion": "1.0.0", "name": "xdpnet",
+                "plugins": [plugin, portmap, bandwidth]})
+                .to_string(),
+            )?;
+            // CHECK goes through a list without portmap: portmap 1.1.1 fails CHECK of any
+            // IPv4-only pod (it looks for IPv6 rules; containernetworking/plugins#819).
+            let checkable = lab.dir().join("check.conflist");
+            std::fs::write(
+                &checkable,
+                json!({"cniVersion": "1.0.0", "name": "xdpnet",
+                "plugins": [plugin, bandwidth]})
+                .to_string(),
+            )?;
+            let caps = |host_port: u16| {
+                json!({
+                "portMappings": [{"hostPort": host_port, "containerPort": POD_PORT, "protocol": "tcp"}],
+                "bandwidth": {"ingressRate": 1_000_000_000u64, "ingressBurst": 10_000_000,
+                              "egressRate": 1_000_000_000u64, "egressBurst": 10_000_000},
+            }).to_string()
+            };
+            let mut ips = Vec::new();
+            for (id, hp) in [("c0", 30600), ("c1", 30601)] {
+                netns_add(&format!("{}-{id}", lab.prefix))?;
+                let (rc, r) = libcni(lab, "add", &full, id, &caps(hp))?;
+                ensure!(rc == 0, "libcni ADD {id}: {r}");
+                // Our two interfaces, then bandwidth's ifb; the address on the pod's.
+                let names: Vec<&str> = r["interfaces"]
+                    .as_array()
+                    .context("interfaces")?
+                    .iter()
+                    .filter_map(|i| i["name"].as_str())
+                    .collect();
+                ensure!(
+                    names.len() == 3 && names[0].starts_with("xnc") && names[1] == "eth0",
+                    "{r}"
+                );
+                ensure!(r["ips"][0]["interface"] == 1, "{r}");
+                let ip: Ipv4Addr = r["ips"][0]["address"]
+                    .as_str()
+                    .and_then(|a| a.split('/').next())
+                    .and_then(|a| a.parse().ok())
+                    .context("ip")?;
+                ips.push(ip);
+                lab.serve(&format!("{}-{id}", lab.prefix), id, POD_PORT)?;
+                let tc = lab::run(
+                    "tc",
+                    &["-n", &lab.nodes[0].ns, "qdisc", "show", "dev", names[0]],
+                )?;
+                ensure!(tc.contains("tbf"), "bandwidth's qdisc missing: {tc}");
+            }
+            ensure!(
+                nat_rules(lab)?.contains("--dport 30600"),
+                "{}",
+                nat_rules(lab)?
+            );
+            // The hostPort, from a client outside the cluster, through portmap's DNAT and the
+            // dataplane to the pod; and pod traffic through the dataplane both ways.
+            let node_ip = Ipv4Addr::new(198, 18, 0, 11);
+            for (hp, name) in [(30600, "c0"), (30601, "c1")] {
+                let x = lab::tcp_exchange(&lab.ext_ns, SocketAddrV4::new(node_ip, hp), 256 * 1024)?;
+                ensure!(x.server == name, "hostPort {hp} reached {}", x.server);
+            }
+            let x = lab::tcp_exchange(
+                &lab.pods[1].ns,
+                SocketAddrV4::new(ips[0], POD_PORT),
+                256 * 1024,
+            )?;
+            ensure!(x.server == "c0");
+            let c0 = format!("{}-c0", lab.prefix);
+            let x = lab::tcp_exchange(&c0, SocketAddrV4::new(lab.pods[1].ip, POD_PORT), 64 * 1024)?;
+            ensure!(x.server == lab.pods[1].name);
+            let (rc, r) = libcni(lab, "check", &checkable, "c0", &caps(30600))?;
+            ensure!(rc == 0, "libcni CHECK: {r}");
+
+            // GC keeps c0 only: c1's address and veth go (portmap 1.1.1 does not speak GC,
+            // so the driver, like libcni 1.2, sends GC only to plugins that support 1.1.0).
+            let (rc, r) = libcni(
+                lab,
+                "gc",
+                &full,
+                "-",
+                &json!([{"containerID": "c0", "ifname": "eth0"}]).to_string(),
+            )?;
+            ensure!(rc == 0, "libcni GC: {r}");
+            ensure!(host_links(lab)?.len() == 1, "{:?}", host_links(lab)?);
+            ensure!(
+                ipam_ips(lab)? == vec![ips[0].to_string()],
+                "{:?}",
+                ipam_ips(lab)?
+            );
+            let x = lab::tcp_exchange(&lab.ext_ns, SocketAddrV4::new(node_ip, 30600), 64 * 1024)?;
+            ensure!(x.server == "c0", "c0 after GC");
+            // DEL of both through the whole chain: ours is idempotent for c1, portmap and
+            // bandwidth clean up their rules, qdiscs and ifb devices.
+            for (id, hp) in [("c0", 30600), ("c1", 30601)] {
+                let (rc, r) = libcni(lab, "del", &full, id, &caps(hp))?;
+                ensure!(rc == 0, "libcni DEL {id}: {r}");
+            }
+            ensure!(host_links(lab)?.is_empty() && ipam_ips(lab)?.is_empty());
+            let nat = nat_rules(lab)?;
+            ensure!(!nat.contains("30600") && !nat.contains("30601"), "{nat}");
+            let links = lab::run("ip", &["-n", &lab.nodes[0].ns, "-o", "link", "show"])?;
+            ensure!(!links.contains("bwp"), "ifb left: {links}");
+            wait_endpoints(lab, 1)?;
             Ok(())
         },
     );

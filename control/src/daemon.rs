@@ -686,6 +686,18 @@ pub fn run(
                     Box::new(move || shared.ready.load(Ordering::Relaxed))
                 },
             ));
+            // Pods' traffic the kernel handles (hostPorts DNATed by the portmap plugin, traffic
+            // to outside the cluster) is forwarded by this node's kernel.
+            match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
+                Ok(v) if v.trim() == "1" => {}
+                _ => match std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+                    Ok(()) => log!(node, "enabled IPv4 forwarding (net.ipv4.ip_forward=1)"),
+                    Err(e) => log!(
+                        node,
+                        "warning: cannot enable IPv4 forwarding ({e}); hostPorts will not work"
+                    ),
+                },
+            }
             let (found, missing) = svc.existing().context("reading pod interfaces")?;
             for p in found {
                 log!(

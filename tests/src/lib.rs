@@ -201,3 +201,37 @@ pub fn cni_conf(lab: &Lab, n: usize, version: &str) -> serde_json::Value {
         "socket": lab.cni_socket(n).to_string_lossy(), "mtu": 1450,
     })
 }
+
+/// The libcni driver (`tests/cnitool`, Go), built once per test binary with Debian's golang-go
+/// against Debian's golang-github-appc-cni-dev, offline.
+pub fn cnitool() -> Result<std::path::PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cnitool");
+            let out = lab::bin_dir().join("xdpnet-cnitool");
+            let cache = std::env::temp_dir().join("xdpnet-go-cache");
+            let o = std::process::Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(&src)
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOPROXY", "off")
+                .env("GOFLAGS", "")
+                .env("GOCACHE", &cache)
+                .output()
+                .map_err(|e| format!("running go (make deps installs golang-go): {e}"))?;
+            if !o.status.success() {
+                return Err(format!(
+                    "building the libcni driver: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            Ok(out)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
