@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 use xdpnet_bench::lab::{self, Lab, POD_PORT};
-use xdpnet_e2e::{cni_call, cni_conf, cnitool, status, with_lab_spec};
+use xdpnet_e2e::{cni_call, cni_conf, cnitool, fresh_status, status, with_lab_spec};
 
 /// The CNI_* variables of one container.
 fn env<'a>(id: &'a str, netns: &'a str, ifname: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -602,6 +602,285 @@ fn libcni_chains_the_plugin_with_portmap_and_bandwidth_and_a_host_port_works() {
             let links = lab::run("ip", &["-n", &lab.nodes[0].ns, "-o", "link", "show"])?;
             ensure!(!links.contains("bwp"), "ifb left: {links}");
             wait_endpoints(lab, 1)?;
+            Ok(())
+        },
+    );
+}
+
+/// containerd (Debian's, with runc) serving the CRI inside node 1's network namespace, with
+/// its own root, state, sockets and CNI directories under the lab directory. Dropping it
+/// removes every pod it still has, stops it and its shims, and unmounts what it left.
+struct Containerd {
+    dir: std::path::PathBuf,
+    sock: std::path::PathBuf,
+    child: std::process::Child,
+    /// `/run/containerd` (where containerd 1.6 always puts shim sockets) did not exist before.
+    made_run_dir: bool,
+}
+
+const IMAGE: &str = "docker.io/library/xdpnet-busybox:1";
+
+fn cri_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cri/cri.py")
+}
+
+impl Containerd {
+    fn start(lab: &Lab) -> Result<Self> {
+        let dir = lab.dir().join("containerd");
+        let (bin, conf) = (dir.join("cni-bin"), dir.join("cni-conf"));
+        std::fs::create_dir_all(&bin)?;
+        std::fs::create_dir_all(&conf)?;
+        // The runtime's CNI directory: our plugin next to the reference ones (loopback,
+        // portmap), and the conflist the DaemonSet would install, pointed at node 1.
+        for e in std::fs::read_dir("/usr/lib/cni")? {
+            let e = e?;
+            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name()))?;
+        }
+        std::os::unix::fs::symlink(lab::bin_dir().join("xdpnet"), bin.join("xdpnet"))?;
+        std::fs::write(
+            conf.join("10-xdpnet.conflist"),
+            json!({"cniVersion": "1.0.0", "name": "xdpnet", "plugins": [
+                {"type": "xdpnet", "socket": lab.cni_socket(0).to_string_lossy(), "mtu": 1450},
+                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+            ]})
+            .to_string(),
+        )?;
+        let d = dir.display();
+        let sock = dir.join("containerd.sock");
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{IMAGE}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni-bin"
+    conf_dir = "{d}/cni-conf"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{d}/runc"
+"#
+            ),
+        )?;
+        let made_run_dir = !std::path::Path::new("/run/containerd").exists();
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        // nsenter, not `ip netns exec`: the latter remounts /sys, which breaks runc's cgroups.
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.nodes[0].ns))
+            .arg("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd")?;
+        let me = Self {
+            dir,
+            sock,
+            child,
+            made_run_dir,
+        };
+        let t = Instant::now();
+        while me.cri(&["pods"]).is_err() {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "containerd did not serve the CRI within 30 s:\n{}",
+                    me.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The sandbox and container image, built from Debian's busybox-static.
+        let tar = me.dir.join("busybox.tar");
+        lab::run(
+            "python3",
+            &[
+                &cri_script().to_string_lossy(),
+                "image",
+                &tar.to_string_lossy(),
+                IMAGE,
+            ],
+        )?;
+        lab::run(
+            "ctr",
+            &[
+                "-a",
+                &me.sock.to_string_lossy(),
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                &tar.to_string_lossy(),
+            ],
+        )?;
+        Ok(me)
+    }
+
+    fn log(&self) -> String {
+        let t = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// One CRI call through the Python client; its JSON answer.
+    fn cri(&self, args: &[&str]) -> Result<Value> {
+        let out = std::process::Command::new("python3")
+            .arg(cri_script())
+            .arg(&self.sock)
+            .args(args)
+            .output()?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("CRI {args:?}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        if let Some(e) = v.get("error") {
+            bail!("CRI {args:?}: {e}");
+        }
+        Ok(v)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Ok(v) = self.cri(&["pods"]) {
+            for p in v["pods"].as_array().cloned().unwrap_or_default() {
+                if let Some(p) = p.as_str() {
+                    let _ = self.cri(&["stopp", p]);
+                }
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGTERM,
+        );
+        let t = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none()
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims of this containerd (they outlive it by design).
+        let _ = std::process::Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                &format!("containerd-shim.*{}", self.sock.display()),
+            ])
+            .status();
+        // Whatever it left mounted under its directory, innermost first.
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &m])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn containerd_cri_pod_on_node_1_reaches_a_pod_on_node_2_and_a_clusterip_service() {
+    with_lab_spec(
+        "cri",
+        |s| s.pods_per_node = 1,
+        |lab| {
+            let ctd = Containerd::start(lab)?;
+            let run = ctd.cri(&["runp", "web-0", "uid-web-0", IMAGE])?;
+            let ip: Ipv4Addr = run["ip"].as_str().context("pod IP")?.parse()?;
+            let container = run["container"].as_str().context("container")?.to_string();
+            let pod = run["pod"].as_str().context("pod")?.to_string();
+            ensure!(
+                ip.octets()[..3] == [10, 244, 1] && ip != lab.pods[0].ip,
+                "{run}"
+            );
+            // RunPodSandbox called our plugin: node 1's IPAM and its host end know the pod.
+            ensure!(
+                ipam_ips(lab)? == vec![ip.to_string()],
+                "{:?}",
+                ipam_ips(lab)?
+            );
+            ensure!(host_links(lab)?.len() == 1);
+            wait_endpoints(lab, 2)?;
+            let exec = |cmd: &[&str]| -> Result<Value> {
+                let mut a = vec!["exec", container.as_str()];
+                a.extend_from_slice(cmd);
+                ctd.cri(&a)
+            };
+            let addr = exec(&["ip", "-4", "addr", "show", "eth0"])?;
+            ensure!(
+                addr["stdout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&format!("{ip}/24")),
+                "{addr}"
+            );
+            // TCP from inside the container (busybox nc) to the pod on node 2 — across the
+            // underlay in VXLAN — and to the ClusterIP service, all through xdpnet.
+            let remote = lab.pods[1].clone();
+            for (to, want) in [
+                (format!("{}", remote.ip), Some(remote.name.clone())),
+                ("10.96.0.10".to_string(), None),
+            ] {
+                let port = if want.is_some() {
+                    POD_PORT.to_string()
+                } else {
+                    "80".to_string()
+                };
+                let r = exec(&[
+                    "sh",
+                    "-c",
+                    &format!("echo hello-from-cri | nc -w 2 {to} {port}"),
+                ])?;
+                let out = r["stdout"].as_str().unwrap_or("");
+                let mut lines = out.lines();
+                let server = lines.next().unwrap_or("");
+                ensure!(lines.next() == Some("hello-from-cri"), "{to}:{port}: {r}");
+                match &want {
+                    Some(w) => ensure!(server == w, "{to}: reached {server:?}"),
+                    None => ensure!(
+                        lab.pods.iter().any(|p| p.name == server),
+                        "service reached {server:?}"
+                    ),
+                }
+            }
+            // The dataplane carried it: node 1 encapsulated towards node 2.
+            let s = fresh_status(lab, 0);
+            let encap: u64 = s["workers"]
+                .as_array()
+                .map(|w| {
+                    w.iter()
+                        .filter_map(|w| w["pipeline"]["encap"].as_u64())
+                        .sum()
+                })
+                .unwrap_or(0);
+            ensure!(encap > 0, "no VXLAN encapsulation counted on node 1");
+            // Stop + remove: containerd calls DEL; everything is freed.
+            ctd.cri(&["stopp", &pod])?;
+            ensure!(host_links(lab)?.is_empty(), "{:?}", host_links(lab)?);
+            ensure!(ipam_ips(lab)?.is_empty(), "{:?}", ipam_ips(lab)?);
+            wait_endpoints(lab, 1)?;
+            drop(ctd);
             Ok(())
         },
     );

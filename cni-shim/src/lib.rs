@@ -366,7 +366,31 @@ pub fn ask_daemon(socket: &Path, request: &Value, timeout: Duration) -> Result<V
         .map_err(|e| later(e.to_string()))?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| later(e.to_string()))?;
-    s.write_all(request.to_string().as_bytes())
+    // The pod's network namespace travels as a descriptor (SCM_RIGHTS) with the first bytes:
+    // the daemon may not see the runtime's mounts (its own mount namespace, a container), and
+    // the namespace cannot be swapped under the request. Without one (DEL after the namespace
+    // is gone) the daemon works from the path.
+    let body = request.to_string();
+    let ns = request["netns"]
+        .as_str()
+        .and_then(|p| std::fs::File::open(p).ok());
+    let sent = match &ns {
+        Some(f) => {
+            use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+            use std::os::fd::AsRawFd;
+            let fds = [f.as_raw_fd()];
+            sendmsg::<()>(
+                s.as_raw_fd(),
+                &[std::io::IoSlice::new(body.as_bytes())],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .map_err(|e| later(format!("sending: {e}")))?
+        }
+        None => 0,
+    };
+    s.write_all(&body.as_bytes()[sent..])
         .and_then(|()| s.shutdown(std::net::Shutdown::Write))
         .map_err(|e| later(format!("sending: {e}")))?;
     let mut text = String::new();

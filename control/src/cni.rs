@@ -25,7 +25,7 @@
 //! are serialised, GC excludes everything else.
 
 use crate::ipam::{Ipam, IpamError, Wiring};
-use crate::podnet::{Rtnl, in_netns};
+use crate::podnet::{Rtnl, in_netns_file, is_namespace};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -157,6 +157,8 @@ struct Req {
     ifname: String,
     pod: Option<String>,
     config: Value,
+    /// The pod's namespace as the plugin passed it (SCM_RIGHTS).
+    netns_fd: Option<std::fs::File>,
 }
 
 fn err(code: u32, msg: &str, details: impl std::fmt::Display) -> CniError {
@@ -198,7 +200,33 @@ impl Req {
             ifname,
             pod,
             config: v.get("config").cloned().unwrap_or(Value::Null),
+            netns_fd: None,
         })
+    }
+
+    /// The pod's network namespace: the descriptor the plugin passed, else the path opened
+    /// here; either must be a namespace.
+    fn netns_file(&self, path: &str) -> Result<std::fs::File, CniError> {
+        let f = match &self.netns_fd {
+            Some(f) => f
+                .try_clone()
+                .map_err(io_err("the passed netns descriptor"))?,
+            None => std::fs::File::open(path).map_err(|e| {
+                err(
+                    code::UNKNOWN_CONTAINER,
+                    "cannot open the container's network namespace",
+                    format!("{path}: {e}"),
+                )
+            })?,
+        };
+        if !is_namespace(&f) {
+            return Err(err(
+                code::INVALID_ENV,
+                "CNI_NETNS is not a network namespace",
+                format!("{path} is a plain file here (a mount not visible to xdpnetd?)"),
+            ));
+        }
+        Ok(f)
     }
 
     fn key(&self) -> String {
@@ -312,12 +340,14 @@ impl CniService {
             .map_err(|_| "the control loop did not answer within 30 s".to_string())?
     }
 
-    /// Answers one request (the JSON the plugin reads).
-    pub fn handle(&self, v: &Value) -> Value {
-        let r = match Req::parse(v) {
+    /// Answers one request (the JSON the plugin reads); `netns` is the namespace descriptor
+    /// the plugin passed with it, if any.
+    pub fn handle(&self, v: &Value, netns: Option<std::fs::File>) -> Value {
+        let mut r = match Req::parse(v) {
             Ok(r) => r,
             Err(e) => return self.error(e),
         };
+        r.netns_fd = netns;
         let out = match r.command.as_str() {
             "ADD" => self.add(&r).map(|o| {
                 self.counters.add_ok.fetch_add(1, Ordering::Relaxed);
@@ -390,13 +420,7 @@ impl CniService {
             .netns
             .clone()
             .ok_or_else(|| err(code::INVALID_ENV, "invalid request", "netns is required"))?;
-        if !Path::new(&netns).exists() {
-            return Err(err(
-                code::UNKNOWN_CONTAINER,
-                "the container's network namespace does not exist",
-                &netns,
-            ));
-        }
+        let ns = r.netns_file(&netns)?;
         let (ip, had) = {
             let mut ipam = self
                 .ipam
@@ -415,7 +439,7 @@ impl CniService {
         let existing = rt.link(&host_if).map_err(io_err("rtnetlink"))?;
         let reuse = match (&existing, had.as_ref().and_then(|a| a.wiring.as_ref())) {
             (Some(_), Some(w)) if w.netns == netns => self
-                .pod_side_matches(&netns, &r.ifname, ip, prefix)
+                .pod_side_matches(&ns, &r.ifname, ip, prefix)
                 .ok()
                 .flatten(),
             _ => None,
@@ -430,7 +454,7 @@ impl CniService {
                     rt.delete_link(&host_if)
                         .map_err(io_err("deleting a stale host interface"))?;
                 }
-                self.wire(r, &mut rt, &host_if, &netns, ip, prefix, mtu)
+                self.wire(r, &mut rt, &host_if, (&netns, &ns), ip, prefix, mtu)
             }
         };
         if result.is_err() && had.is_none() {
@@ -449,19 +473,12 @@ impl CniService {
         r: &Req,
         rt: &mut Rtnl,
         host_if: &str,
-        netns: &str,
+        (netns, ns): (&str, &std::fs::File),
         ip: Ipv4Addr,
         prefix: u8,
         mtu: u32,
     ) -> Result<Outcome, CniError> {
-        let ns = std::fs::File::open(netns).map_err(|e| {
-            err(
-                code::UNKNOWN_CONTAINER,
-                "cannot open the container's network namespace",
-                format!("{netns}: {e}"),
-            )
-        })?;
-        rt.create_veth(host_if, &r.ifname, &ns, mtu).map_err(|e| {
+        rt.create_veth(host_if, &r.ifname, ns, mtu).map_err(|e| {
             if e.raw_os_error() == Some(libc::EEXIST) {
                 err(
                     code::IO,
@@ -480,7 +497,7 @@ impl CniService {
         };
         let (gw, gw_mac) = (self.settings.gateway, self.settings.gateway_mac);
         let ifname = r.ifname.clone();
-        let side = in_netns(Path::new(netns), move || {
+        let side = in_netns_file(ns, move || {
             let mut p = Rtnl::open()?;
             let l = p
                 .link(&ifname)?
@@ -574,7 +591,7 @@ impl CniService {
     /// Ok(None) when something differs (the reason is in the Err of [`Self::pod_side`]).
     fn pod_side_matches(
         &self,
-        netns: &str,
+        netns: &std::fs::File,
         ifname: &str,
         ip: Ipv4Addr,
         prefix: u8,
@@ -584,17 +601,17 @@ impl CniService {
 
     fn pod_side(
         &self,
-        netns: &str,
+        netns: &std::fs::File,
         ifname: &str,
         ip: Ipv4Addr,
         prefix: u8,
     ) -> std::io::Result<Result<PodSide, String>> {
         let gw = self.settings.gateway;
         let ifname = ifname.to_string();
-        in_netns(Path::new(netns), move || {
+        in_netns_file(netns, move || {
             let mut p = Rtnl::open()?;
             let Some(l) = p.link(&ifname)? else {
-                return Ok(Err(format!("{ifname} does not exist in {netns}")));
+                return Ok(Err(format!("{ifname} does not exist")));
             };
             if !l.up {
                 return Ok(Err(format!("{ifname} is down")));
@@ -682,7 +699,8 @@ impl CniService {
         self.ask_loop(PodOp::Check(w.host_if.clone()))
             .map_err(|e| fail(format!("{}: {e}", w.host_if)))?;
         let netns = r.netns.clone().unwrap_or(w.netns);
-        self.pod_side(&netns, &r.ifname, a.ip, prefix)
+        let ns = r.netns_file(&netns)?;
+        self.pod_side(&ns, &r.ifname, a.ip, prefix)
             .map_err(|e| fail(format!("{netns}: {e}")))?
             .map_err(fail)?;
         Ok(())
@@ -815,10 +833,22 @@ pub fn serve(path: &Path, svc: Arc<CniService>) -> std::io::Result<CniServer> {
 fn serve_one(svc: &CniService, c: &mut UnixStream) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = c.set_write_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::new();
-    let answer = match c.take(1 << 20).read_to_end(&mut buf) {
+    // The first bytes may carry the pod's netns descriptor.
+    let mut first = vec![0u8; 64 * 1024];
+    let (mut buf, fd) = match xdpnet_dataplane::sys::recv_with_fd(c, &mut first) {
+        Ok((n, fd)) => {
+            first.truncate(n);
+            (first, fd.map(std::fs::File::from))
+        }
+        Err(e) => {
+            let answer = svc.error(err(code::IO, "reading the request", e));
+            let _ = c.write_all(answer.to_string().as_bytes());
+            return;
+        }
+    };
+    let answer = match (&*c).take(1 << 20).read_to_end(&mut buf) {
         Ok(_) => match serde_json::from_slice::<Value>(&buf) {
-            Ok(v) => svc.handle(&v),
+            Ok(v) => svc.handle(&v, fd),
             Err(e) => svc.error(err(code::DECODE, "request is not JSON", e)),
         },
         Err(e) => svc.error(err(code::IO, "reading the request", e)),

@@ -318,16 +318,29 @@ impl Rtnl {
 /// Runs `f` on a new thread inside the network namespace at `path` (a netns bind mount or
 /// `/proc/<pid>/ns/net`). The thread ends with `f`, so no thread stays in that namespace.
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let ns = std::fs::File::open(path)?;
+    in_netns_file(&std::fs::File::open(path)?, f)
+}
+
+/// [`in_netns`] with the namespace already open (a netns file or a descriptor received from
+/// the CNI plugin).
+pub fn in_netns_file<T: Send>(
+    ns: &std::fs::File,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     std::thread::scope(|s| {
         s.spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
             f()
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("thread in the pod namespace panicked")))
     })
+}
+
+/// Whether `f` is a namespace (nsfs) file, not a plain file where a mount was expected.
+pub fn is_namespace(f: &std::fs::File) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 #[cfg(test)]
@@ -343,5 +356,9 @@ mod tests {
         assert_eq!(r.link("xnc-nosuchlink").expect("query"), None);
         assert!(!r.delete_link("xnc-nosuchlink").expect("delete"));
         assert!(r.links().expect("dump").iter().any(|l| l.name == "lo"));
+        let own = std::fs::File::open("/proc/self/ns/net").expect("own netns");
+        assert!(is_namespace(&own));
+        let plain = std::fs::File::open("/proc/self/status").expect("a plain file");
+        assert!(!is_namespace(&plain));
     }
 }
