@@ -796,6 +796,11 @@ impl Drop for Containerd {
                 .args(["-l", &m])
                 .status();
         }
+        if self.made_run_dir {
+            // Only if empty: nothing else's sockets are ever removed.
+            let _ = std::fs::remove_dir("/run/containerd/s");
+            let _ = std::fs::remove_dir("/run/containerd");
+        }
     }
 }
 
