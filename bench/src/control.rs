@@ -137,6 +137,7 @@ pub fn cluster(shape: &Shape) -> ClusterState {
 
 fn local() -> LocalConfig {
     LocalConfig {
+        pod_cidr: None,
         node_name: "node-0".into(),
         underlay_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         host_mac: MacAddr([2, 0, 0, 0, 1, 1]),

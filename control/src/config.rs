@@ -39,6 +39,9 @@ pub struct FileConfig {
     /// The cluster's pod CIDR.
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Option<String>,
+    /// This node's pod CIDR (default: its Node's spec.podCIDR).
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
     /// Uplink interface.
     pub uplink: Option<String>,
     /// The dataplane's end of the host port.

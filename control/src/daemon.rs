@@ -72,6 +72,8 @@ pub struct DaemonConfig {
     pub vxlan_port: u16,
     /// The cluster's pod CIDR.
     pub cluster_cidr: Ipv4Net,
+    /// This node's pod CIDR (None: its Node's `spec.podCIDR`).
+    pub pod_cidr: Option<Ipv4Net>,
     /// MAC the dataplane answers with for the gateway.
     pub gateway_mac: MacAddr,
     /// Where to write the status JSON (None: nowhere).
@@ -548,6 +550,7 @@ pub fn run(
         vxlan_port: cfg.vxlan_port,
         mtu,
         cluster_cidr: cfg.cluster_cidr,
+        pod_cidr: cfg.pod_cidr,
         uplink_port: UPLINK_PORT,
         host_port: HOST_PORT,
     };

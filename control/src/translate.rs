@@ -46,6 +46,8 @@ pub struct LocalConfig {
     pub mtu: u16,
     /// The cluster's pod CIDR.
     pub cluster_cidr: Ipv4Net,
+    /// This node's pod CIDR when configured (otherwise its Node's `spec.podCIDR`).
+    pub pod_cidr: Option<Ipv4Net>,
     /// Port id of the uplink.
     pub uplink_port: PortId,
     /// Port id of the host port.
@@ -147,9 +149,12 @@ pub fn node_facts(st: &ClusterState, cfg: &LocalConfig) -> Result<NodeFacts, Tra
         .ok_or_else(|| TranslateError::NoSuchNode(cfg.node_name.clone()))?;
     let underlay_ip =
         internal_ip(me).ok_or_else(|| TranslateError::NoAddress(cfg.node_name.clone()))?;
-    let pod_cidr = *pod_cidrs(me)
-        .first()
-        .ok_or_else(|| TranslateError::NoPodCidr(cfg.node_name.clone()))?;
+    let pod_cidr = match cfg.pod_cidr {
+        Some(c) => c,
+        None => *pod_cidrs(me)
+            .first()
+            .ok_or_else(|| TranslateError::NoPodCidr(cfg.node_name.clone()))?,
+    };
     if !(cfg.cluster_cidr.contains(pod_cidr.addr())
         && cfg.cluster_cidr.prefix_len() <= pod_cidr.prefix_len())
     {
@@ -417,6 +422,7 @@ mod tests {
 
     fn cfg() -> LocalConfig {
         LocalConfig {
+            pod_cidr: None,
             node_name: "node-1".into(),
             underlay_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             host_mac: MacAddr([2, 0, 0, 0, 1, 1]),
@@ -490,6 +496,20 @@ endpoints: [{addresses: [10.244.2.99]}]
         let mut st = ClusterState::default();
         st.add_yaml(Path::new("t"), text).expect("valid");
         st
+    }
+
+    #[test]
+    fn a_configured_pod_cidr_overrides_the_nodes() {
+        let mut c = cfg();
+        c.pod_cidr = Some("10.244.7.0/24".parse().expect("cidr"));
+        let f = node_facts(&state(STATE), &c).expect("facts");
+        assert_eq!(f.pod_cidr, c.pod_cidr.expect("set"));
+        assert_eq!(f.gateway_ip, Ipv4Addr::new(10, 244, 7, 1));
+        c.pod_cidr = Some("10.9.0.0/24".parse().expect("cidr"));
+        assert!(
+            node_facts(&state(STATE), &c).is_err(),
+            "outside the cluster CIDR"
+        );
     }
 
     #[test]

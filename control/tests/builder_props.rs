@@ -13,6 +13,7 @@ use xdpnet_dataplane::wire::MacAddr;
 
 fn local() -> LocalConfig {
     LocalConfig {
+        pod_cidr: None,
         node_name: "node-1".into(),
         underlay_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         host_mac: MacAddr([2, 0, 0, 0, 1, 1]),

@@ -79,6 +79,9 @@ struct Args {
     /// Unix socket for `xdpnetd inspect` ("none" to disable) [default: /run/xdpnet/xdpnetd.sock].
     #[arg(long)]
     inspect_socket: Option<PathBuf>,
+    /// This node's pod CIDR for IPAM and routing [default: the Node's spec.podCIDR].
+    #[arg(long)]
+    pod_cidr: Option<xdpnet_control::dataplane::fib::Ipv4Net>,
     /// Unix socket of the CNI endpoint ("none" to disable) [default: /run/xdpnet/cni.sock].
     #[arg(long)]
     cni_socket: Option<PathBuf>,
@@ -141,6 +144,14 @@ fn main() -> anyhow::Result<()> {
             .parse()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?,
     };
+    let pod_cidr = match (a.pod_cidr, &file.pod_cidr) {
+        (Some(c), _) => Some(c),
+        (None, Some(c)) => Some(
+            c.parse()
+                .map_err(|e| anyhow::anyhow!("config: podCIDR {c:?}: {e:?}"))?,
+        ),
+        (None, None) => None,
+    };
     let cores = a.cores.clone().or(file.cores.clone()).unwrap_or(vec![0]);
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(c) = cores.iter().find(|&&c| c >= ncpu) {
@@ -196,6 +207,7 @@ fn main() -> anyhow::Result<()> {
             .or(file.vxlan_port)
             .unwrap_or(DEFAULT_VXLAN_PORT),
         cluster_cidr,
+        pod_cidr,
         gateway_mac: a.gateway_mac,
         status_file: a.status_file,
         state_dir: a.state_dir.or(file.state_dir),
