@@ -633,10 +633,10 @@ pub fn run(
         "dataplane up: {} worker(s) on cores {:?} ({} mode), uplink {} ({}), host port {}, pod CIDR {}, state from {}",
         cfg.dataplane.cores.len(),
         cfg.dataplane.cores,
-        if cfg.dataplane.busy_poll {
-            "busy-poll"
-        } else {
-            "low-CPU poll"
+        match (cfg.dataplane.busy_poll, cfg.dataplane.io_only) {
+            (_, true) => "I/O-only benchmark",
+            (true, _) => "busy-poll",
+            _ => "low-CPU poll",
         },
         cfg.uplink,
         ctl.node().underlay_ip,

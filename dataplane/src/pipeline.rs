@@ -139,6 +139,38 @@ impl Pipeline {
         &self.counters
     }
 
+    /// I/O-only mode (a benchmark's ceiling of the I/O layer, `xdpnetd --io-only`): forwards by
+    /// the IPv4 destination alone, with no validation, service, conntrack, encapsulation or
+    /// rewrite: a local pod's address goes out its port unchanged, an address in another node's
+    /// pod CIDR goes out the uplink with only the destination MAC set to that node's next hop,
+    /// anything else is dropped (`no_route`, or `unsupported_ethertype` for non-IPv4). The
+    /// same frames cross the same ports as in the full pipeline, so the difference between the
+    /// two is the pipeline's cost. Not a way to run a cluster: nothing is checked.
+    pub fn forward_io_only(&mut self, fib: &Fib, pkts: &mut [Packet<'_>], out: &mut [Verdict]) {
+        let n = pkts.len().min(out.len());
+        self.counters.rx.add(n as u64);
+        for (p, v) in pkts[..n].iter_mut().zip(out.iter_mut()) {
+            let d = p.data_mut();
+            *v = if d.len() < L3 + 20 || d[12..14] != [0x08, 0x00] {
+                Verdict::Drop(DropReason::UnsupportedEthertype)
+            } else {
+                let dst = u32::from_be_bytes([d[30], d[31], d[32], d[33]]);
+                if let Some(ep) = fib.endpoint(dst) {
+                    Verdict::Tx(ep.port)
+                } else if let Some(r) = fib.route(dst) {
+                    d[0..6].copy_from_slice(&r.outer[0..6]);
+                    Verdict::Tx(fib.node().uplink_port)
+                } else {
+                    Verdict::Drop(DropReason::NoRoute)
+                }
+            };
+            match *v {
+                Verdict::Tx(_) => self.counters.tx.inc(),
+                Verdict::Drop(r) => self.counters.count_drop(r),
+            }
+        }
+    }
+
     /// Processes `pkts` received on port `rx`; writes one verdict per packet into `out`
     /// (`out.len()` must be at least `pkts.len()`; extra packets get no verdict and are left
     /// untouched). `now_secs` is a monotonic clock in seconds (conntrack ages).

@@ -63,6 +63,10 @@ pub struct DataplaneConfig {
     /// of the UMEM (after the uplink's and host port's rings; the last quarter is for frames
     /// in flight), so the last pod attached is not starved of frames by the first ones.
     pub max_pods: usize,
+    /// I/O-only mode (benchmarks): forward by destination address without the pipeline
+    /// ([`Pipeline::forward_io_only`]) and steer everything from the uplink to the dataplane.
+    /// The node's own uplink traffic stops reaching its kernel: never for a real node.
+    pub io_only: bool,
 }
 
 impl DataplaneConfig {
@@ -97,6 +101,7 @@ impl Default for DataplaneConfig {
             conntrack_capacity: 262_144,
             handoff_depth: 1024,
             max_pods: 110,
+            io_only: false,
         }
     }
 }
@@ -262,6 +267,7 @@ impl Dataplane {
                 io.clone(),
                 rx,
                 cfg.busy_poll,
+                cfg.io_only,
             );
             let thread = std::thread::Builder::new()
                 .name(format!("xdpnet-w{i}"))
@@ -335,7 +341,7 @@ impl Dataplane {
             _ => self.cfg.rings,
         };
         let mode = match role {
-            PortRole::Uplink => SteerMode::Uplink,
+            PortRole::Uplink if !self.cfg.io_only => SteerMode::Uplink,
             _ => SteerMode::All,
         };
         let mut st = PortState {

@@ -124,6 +124,7 @@ pub(crate) struct Worker {
     poller: Poller,
     poller_dirty: bool,
     busy: bool,
+    io_only: bool,
     // Scratch, reused every batch.
     idx_buf: [u32; MAX_BATCH],
     off_len: [(u32, u32); MAX_BATCH],
@@ -148,6 +149,7 @@ impl Worker {
         io: Arc<IoCounters>,
         cmds: Receiver<Command>,
         busy: bool,
+        io_only: bool,
     ) -> Self {
         let n = umem.frames();
         io.frames_total.store(n as u64, Ordering::Relaxed);
@@ -165,6 +167,7 @@ impl Worker {
             poller: Poller::default(),
             poller_dirty: true,
             busy,
+            io_only,
             idx_buf: [0; MAX_BATCH],
             off_len: [(0, 0); MAX_BATCH],
             verdicts: [Verdict::Drop(crate::counters::DropReason::UnknownPort); MAX_BATCH],
@@ -327,18 +330,23 @@ impl Worker {
 
         let fib = self.shared.fib.load();
         let now = self.shared.now_secs();
-        let (pipeline, off_len, verdicts, ct) = (
+        let (pipeline, off_len, verdicts, ct, io_only) = (
             &mut self.pipeline,
             &mut self.off_len,
             &mut self.verdicts,
             &self.shared.ct,
+            self.io_only,
         );
         let done = self.umem.chunks_mut(&self.idx_buf[..n], |chunks| {
             let mut pkts: ArrayVec<Packet<'_>, MAX_BATCH> = ArrayVec::new();
             for (c, &(off, len)) in chunks.zip(off_len.iter()) {
                 pkts.push(Packet::new(c, off as usize, len as usize));
             }
-            pipeline.process(&fib, ct, now, rx_port, &mut pkts, &mut verdicts[..n]);
+            if io_only {
+                pipeline.forward_io_only(&fib, &mut pkts, &mut verdicts[..n]);
+            } else {
+                pipeline.process(&fib, ct, now, rx_port, &mut pkts, &mut verdicts[..n]);
+            }
             for (p, ol) in pkts.iter().zip(off_len.iter_mut()) {
                 *ol = (p.off as u32, p.len as u32);
             }

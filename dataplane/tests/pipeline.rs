@@ -1193,3 +1193,51 @@ fn replies_can_arrive_on_another_worker() {
         (service_ip(1), 53, pod_ip(0, 0), 3333)
     );
 }
+
+/// I/O-only mode: local pods by address, other nodes' pods to the uplink with only the
+/// destination MAC set, everything else dropped and counted; no other byte changes.
+#[test]
+fn io_only_forwards_by_destination_without_rewriting() {
+    let mut n = Node::new(0, &SHAPE);
+    let mut run = |frame: &[u8]| {
+        let mut chunk = vec![0u8; xdpnet_dataplane::packet::HEADROOM + 2048];
+        let off = xdpnet_dataplane::packet::HEADROOM;
+        chunk[off..off + frame.len()].copy_from_slice(frame);
+        let mut pkts = [xdpnet_dataplane::packet::Packet::new(
+            &mut chunk,
+            off,
+            frame.len(),
+        )];
+        let mut out = [Verdict::Drop(DropReason::EthMalformed)];
+        n.pipe.forward_io_only(&n.fib, &mut pkts, &mut out);
+        (out[0], pkts[0].data().to_vec())
+    };
+    let local = from_pod(0, 0, FrameSpec::udp(pod_ip(0, 0), 1, pod_ip(0, 1), 2));
+    let (v, out) = run(&local);
+    assert_eq!(v, Verdict::Tx(Node::pod_port(1)));
+    assert_eq!(
+        out, local,
+        "a local frame leaves unchanged (no TTL, no MAC rewrite)"
+    );
+
+    let remote = from_pod(0, 0, FrameSpec::udp(pod_ip(0, 0), 1, pod_ip(2, 3), 2));
+    let (v, out) = run(&remote);
+    assert_eq!(v, Verdict::Tx(UPLINK));
+    assert_eq!(out[0..6], testutil::node_mac(2).0, "next hop MAC");
+    assert_eq!(
+        out[6..],
+        remote[6..],
+        "nothing else changes: no encapsulation"
+    );
+
+    let svc = from_pod(0, 0, FrameSpec::udp(pod_ip(0, 0), 1, service_ip(0), 53));
+    assert_eq!(run(&svc).0, Verdict::Drop(DropReason::NoRoute));
+    assert_eq!(
+        run(&[0u8; 20]).0,
+        Verdict::Drop(DropReason::UnsupportedEthertype)
+    );
+    let c = n.pipe.counters();
+    assert_eq!((c.rx.get(), c.tx.get()), (4, 2));
+    assert_eq!(c.drops(DropReason::NoRoute), 1);
+    assert_eq!(c.drops(DropReason::UnsupportedEthertype), 1);
+}

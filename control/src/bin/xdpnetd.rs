@@ -52,6 +52,11 @@ struct Args {
     /// Spin when idle instead of sleeping in poll(2).
     #[arg(long)]
     busy_poll: bool,
+    /// Benchmarks only: forward by destination address without the pipeline (no services,
+    /// checks, encapsulation or rewrite) and take every uplink frame: the ceiling of the I/O
+    /// layer that `xdpnet-bench compare` measures. Never on a real node.
+    #[arg(long)]
+    io_only: bool,
     /// Underlay MTU [default: the uplink's].
     #[arg(long)]
     mtu: Option<u16>,
@@ -217,6 +222,7 @@ fn main() -> anyhow::Result<()> {
         dataplane: DataplaneConfig {
             cores,
             busy_poll: a.busy_poll || file.busy_poll.unwrap_or(false),
+            io_only: a.io_only,
             frames_per_worker: a.frames.or(file.frames).unwrap_or(16_384),
             max_pods: a.max_pods.or(file.max_pods).unwrap_or(110),
             ..DataplaneConfig::default()
