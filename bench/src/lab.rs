@@ -68,6 +68,24 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
+/// Packets the interfaces of namespace `ns` dropped (receive + transmit, as `ip -s link`
+/// shows them: a veth counts a frame its peer had no room for).
+pub fn link_drops(ns: &str) -> Result<u64> {
+    let out = run("ip", &["-n", ns, "-s", "-j", "link", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -s -j link")?;
+    Ok(v.as_array()
+        .map(|links| {
+            links
+                .iter()
+                .map(|l| {
+                    l["stats64"]["rx"]["dropped"].as_u64().unwrap_or(0)
+                        + l["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0))
+}
+
 /// Namespaces whose names start with `prefix-`.
 pub fn namespaces(prefix: &str) -> Vec<String> {
     run("ip", &["netns", "list"])
@@ -839,13 +857,15 @@ impl Lab {
 /// Prefixes of the labs this process has up (for cleanup on a signal).
 static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-fn register(prefix: &str) {
+/// Records `prefix` as a lab of this process ([`cleanup_on_signal`] removes it).
+pub fn register(prefix: &str) {
     if let Ok(mut l) = LIVE.lock() {
         l.push(prefix.to_string());
     }
 }
 
-fn unregister(prefix: &str) {
+/// Forgets `prefix` (its lab is gone).
+pub fn unregister(prefix: &str) {
     if let Ok(mut l) = LIVE.lock() {
         l.retain(|p| p != prefix);
     }

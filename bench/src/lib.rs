@@ -6,4 +6,5 @@
 
 pub mod control;
 pub mod lab;
+pub mod loadgen;
 pub mod workload;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use xdpnet_bench::workload::{Bench, Scenario, Size};
 
 mod demo;
+mod loadgen_cli;
 
 const USAGE: &str = "usage: xdpnet-bench <command>
 
@@ -39,8 +40,9 @@ fn main() -> Result<()> {
         Some("demo") => demo::demo(&args[1..]),
         Some("control") => control(&args[1..]),
         Some("lab") => demo::lab(&args[1..]),
+        Some("loadgen") => loadgen_cli::loadgen(&args[1..]),
         Some("-h" | "--help") | None => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\n{}", loadgen_cli::USAGE);
             Ok(())
         }
         Some(other) => bail!("unknown command {other:?}\n{USAGE}"),

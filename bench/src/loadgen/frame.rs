@@ -1,0 +1,374 @@
+//! The generator's frames and the stamp the sink reads back.
+//!
+//! A [`Template`] is one complete frame (Ethernet, IPv4, UDP or TCP SYN, payload) built once;
+//! per packet only the source port, the 16-byte stamp at the start of the payload and the L4
+//! checksum change, and the checksum is finished from a sum precomputed over everything else,
+//! so a 1,500-byte frame costs the generator what a 64-byte one does. Frame sizes are Ethernet
+//! frames without the FCS.
+//!
+//! Stamp (network order): magic `0x5844` (u16), flow (u16), sequence in the flow (u32),
+//! send time in nanoseconds of the run's clock (u64). [`parse`] never panics on any input.
+
+use std::net::Ipv4Addr;
+
+/// Bytes of the stamp at the start of every payload.
+pub const STAMP_LEN: usize = 16;
+/// First two bytes of every stamp.
+pub const MAGIC: u16 = 0x5844;
+/// Largest frame (1,500-byte IP packet in Ethernet, no FCS).
+pub const MAX_FRAME: usize = 1514;
+const ETH: usize = 14;
+const IP: usize = 20;
+
+/// What the generator sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// UDP datagrams.
+    Udp,
+    /// TCP SYNs (each one opens a connection through a service: the first-packet path).
+    TcpSyn,
+}
+
+impl Proto {
+    /// Name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Udp => "udp",
+            Proto::TcpSyn => "tcp-syn",
+        }
+    }
+    fn header(self) -> usize {
+        match self {
+            Proto::Udp => 8,
+            Proto::TcpSyn => 20,
+        }
+    }
+    /// The smallest frame of this protocol that has room for the stamp.
+    pub fn min_frame(self) -> usize {
+        ETH + IP + self.header() + STAMP_LEN
+    }
+}
+
+/// Addresses and shape of the generated frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSpec {
+    /// Source MAC (the sending interface's).
+    pub src_mac: [u8; 6],
+    /// Destination MAC (the next hop: gateway or node).
+    pub dst_mac: [u8; 6],
+    /// Source address.
+    pub src_ip: Ipv4Addr,
+    /// Destination address (a pod, a ClusterIP, a node for a NodePort).
+    pub dst_ip: Ipv4Addr,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Source port of flow 0; flow `f` uses `src_port + f`.
+    pub src_port: u16,
+    /// UDP or TCP SYN.
+    pub proto: Proto,
+    /// Frame length in bytes (no FCS).
+    pub size: usize,
+}
+
+/// A frame built once, stamped per packet.
+#[derive(Debug, Clone)]
+pub struct Template {
+    bytes: Vec<u8>,
+    proto: Proto,
+    csum_off: usize,
+    payload: usize,
+    /// Ones'-complement sum of the pseudo-header, the L4 header with source port and checksum
+    /// zero, and the payload with a zero stamp.
+    base: u32,
+}
+
+fn sum16(data: &[u8]) -> u32 {
+    let mut s = 0u32;
+    let mut c = data.chunks_exact(2);
+    for w in &mut c {
+        s += u16::from_be_bytes([w[0], w[1]]) as u32;
+    }
+    if let [b] = c.remainder() {
+        s += (*b as u32) << 8;
+    }
+    s
+}
+
+fn fold(mut s: u64) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+impl Template {
+    /// Builds the frame; errors on a size outside `proto.min_frame()..=MAX_FRAME`.
+    pub fn new(spec: &FrameSpec) -> Result<Self, String> {
+        let min = spec.proto.min_frame();
+        if spec.size < min || spec.size > MAX_FRAME {
+            return Err(format!(
+                "frame size {} outside {min}..={MAX_FRAME} for {}",
+                spec.size,
+                spec.proto.name()
+            ));
+        }
+        let mut b = vec![0u8; spec.size];
+        b[0..6].copy_from_slice(&spec.dst_mac);
+        b[6..12].copy_from_slice(&spec.src_mac);
+        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_len = (spec.size - ETH) as u16;
+        let l4_len = ip_len - IP as u16;
+        let proto_num = match spec.proto {
+            Proto::Udp => 17u8,
+            Proto::TcpSyn => 6u8,
+        };
+        {
+            let ip = &mut b[ETH..ETH + IP];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+            ip[6] = 0x40; // DF
+            ip[8] = 64;
+            ip[9] = proto_num;
+            ip[12..16].copy_from_slice(&spec.src_ip.octets());
+            ip[16..20].copy_from_slice(&spec.dst_ip.octets());
+            let c = !fold(sum16(ip) as u64);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        let l4 = ETH + IP;
+        let csum_off;
+        match spec.proto {
+            Proto::Udp => {
+                b[l4 + 2..l4 + 4].copy_from_slice(&spec.dst_port.to_be_bytes());
+                b[l4 + 4..l4 + 6].copy_from_slice(&l4_len.to_be_bytes());
+                csum_off = l4 + 6;
+            }
+            Proto::TcpSyn => {
+                b[l4 + 2..l4 + 4].copy_from_slice(&spec.dst_port.to_be_bytes());
+                b[l4 + 4..l4 + 8].copy_from_slice(&1u32.to_be_bytes()); // sequence number
+                b[l4 + 12] = 5 << 4; // data offset: 20 bytes
+                b[l4 + 13] = 0x02; // SYN
+                b[l4 + 14..l4 + 16].copy_from_slice(&64240u16.to_be_bytes());
+                csum_off = l4 + 16;
+            }
+        }
+        let payload = l4 + spec.proto.header();
+        // The rest of the payload: a recognisable pattern (never all zero).
+        for (i, x) in b[payload + STAMP_LEN..].iter_mut().enumerate() {
+            *x = (i as u8) ^ 0xa5;
+        }
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&spec.src_ip.octets());
+        pseudo[4..8].copy_from_slice(&spec.dst_ip.octets());
+        pseudo[9] = proto_num;
+        pseudo[10..12].copy_from_slice(&l4_len.to_be_bytes());
+        let base = sum16(&pseudo) + sum16(&b[l4..]);
+        let mut t = Self {
+            bytes: b,
+            proto: spec.proto,
+            csum_off,
+            payload,
+            base,
+        };
+        // A valid frame even before the first stamp.
+        let mut copy = t.bytes.clone();
+        t.stamp(&mut copy, 0, spec.src_port, 0, 0);
+        t.bytes = copy;
+        Ok(t)
+    }
+
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false (a template has at least its headers).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The protocol.
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
+    /// Copies the whole frame into `buf` (once per buffer; later packets only [`stamp`]).
+    ///
+    /// [`stamp`]: Template::stamp
+    pub fn write(&self, buf: &mut [u8]) -> usize {
+        let n = self.bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        n
+    }
+
+    /// Makes `buf` (holding a [`write`](Template::write) of this template) packet `seq` of flow
+    /// `flow` from source port `sport`, sent at `ts_ns`: writes the port, the stamp and the
+    /// checksum.
+    pub fn stamp(&self, buf: &mut [u8], flow: u16, sport: u16, seq: u32, ts_ns: u64) {
+        let l4 = ETH + IP;
+        if buf.len() < self.payload + STAMP_LEN {
+            return;
+        }
+        buf[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+        let s = &mut buf[self.payload..self.payload + STAMP_LEN];
+        s[0..2].copy_from_slice(&MAGIC.to_be_bytes());
+        s[2..4].copy_from_slice(&flow.to_be_bytes());
+        s[4..8].copy_from_slice(&seq.to_be_bytes());
+        s[8..16].copy_from_slice(&ts_ns.to_be_bytes());
+        // `base` summed the port, stamp and checksum bytes as zero: add what they are now.
+        let total = self.base as u64
+            + sport as u64
+            + sum16(&buf[self.payload..self.payload + STAMP_LEN]) as u64;
+        let mut c = !fold(total);
+        if c == 0 && self.proto == Proto::Udp {
+            c = 0xffff;
+        }
+        buf[self.csum_off..self.csum_off + 2].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// What the sink reads back from a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Flow index.
+    pub flow: u16,
+    /// Sequence number in the flow.
+    pub seq: u32,
+    /// Send time, ns of the run's clock.
+    pub ts_ns: u64,
+}
+
+/// The stamp of `frame` when it is one of ours (IPv4, UDP or TCP, magic in place).
+pub fn parse(frame: &[u8]) -> Option<Stamp> {
+    if frame.len() < ETH + IP || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ihl = ((frame[ETH] & 0x0f) as usize) * 4;
+    if ihl < IP || frame[ETH] >> 4 != 4 {
+        return None;
+    }
+    let l4 = ETH + ihl;
+    let payload = match frame[ETH + 9] {
+        17 => l4 + 8,
+        6 => l4 + ((*frame.get(l4 + 12)? >> 4) as usize) * 4,
+        _ => return None,
+    };
+    let s = frame.get(payload..payload + STAMP_LEN)?;
+    if u16::from_be_bytes([s[0], s[1]]) != MAGIC {
+        return None;
+    }
+    Some(Stamp {
+        flow: u16::from_be_bytes([s[2], s[3]]),
+        seq: u32::from_be_bytes([s[4], s[5], s[6], s[7]]),
+        ts_ns: u64::from_be_bytes([s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use proptest::prelude::*;
+
+    fn spec(proto: Proto, size: usize) -> FrameSpec {
+        FrameSpec {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_ip: Ipv4Addr::new(10, 244, 1, 10),
+            dst_ip: Ipv4Addr::new(10, 96, 0, 12),
+            dst_port: 53,
+            src_port: 10_000,
+            proto,
+            size,
+        }
+    }
+
+    /// Every stamped frame is valid (etherparse checks the IPv4 and L4 checksums against
+    /// the pseudo-header) and the stamp reads back.
+    fn check(proto: Proto, size: usize, flow: u16, sport: u16, seq: u32, ts: u64) {
+        let t = Template::new(&spec(proto, size)).expect("valid size");
+        let mut buf = vec![0u8; 2048];
+        let n = t.write(&mut buf);
+        assert_eq!(n, size);
+        t.stamp(&mut buf, flow, sport, seq, ts);
+        let f = &buf[..n];
+        let p = SlicedPacket::from_ethernet(f).expect("parses");
+        let Some(NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4")
+        };
+        let h = ip.header();
+        assert_eq!(h.total_len() as usize, size - 14);
+        let ok_ip = h.to_header().calc_header_checksum() == h.header_checksum();
+        assert!(ok_ip, "IPv4 header checksum");
+        let payload = match &p.transport {
+            Some(TransportSlice::Udp(u)) => {
+                assert_eq!(proto, Proto::Udp);
+                assert_eq!(u.source_port(), sport);
+                let want = u
+                    .to_header()
+                    .calc_checksum_ipv4(&h.to_header(), u.payload())
+                    .expect("checksum");
+                assert_eq!(u.checksum(), want, "UDP checksum");
+                u.payload().to_vec()
+            }
+            Some(TransportSlice::Tcp(t)) => {
+                assert_eq!(proto, Proto::TcpSyn);
+                assert!(t.syn() && !t.ack());
+                assert_eq!(t.source_port(), sport);
+                let want = t
+                    .to_header()
+                    .calc_checksum_ipv4(&h.to_header(), t.payload())
+                    .expect("checksum");
+                assert_eq!(t.checksum(), want, "TCP checksum");
+                t.payload().to_vec()
+            }
+            other => panic!("transport {other:?}"),
+        };
+        assert_eq!(payload.len(), size - proto.min_frame() + STAMP_LEN);
+        assert_eq!(
+            parse(f),
+            Some(Stamp {
+                flow,
+                seq,
+                ts_ns: ts
+            })
+        );
+    }
+
+    #[test]
+    fn sizes_and_protocols() {
+        for proto in [Proto::Udp, Proto::TcpSyn] {
+            for size in [proto.min_frame(), 64, 65, 128, 1024, 1500, MAX_FRAME] {
+                if size >= proto.min_frame() {
+                    check(proto, size, 3, 10_003, 77, 123_456_789);
+                }
+            }
+        }
+        assert!(Template::new(&spec(Proto::Udp, 57)).is_err());
+        assert!(Template::new(&spec(Proto::TcpSyn, 69)).is_err());
+        assert!(Template::new(&spec(Proto::Udp, 1515)).is_err());
+    }
+
+    #[test]
+    fn foreign_frames_are_not_ours() {
+        assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&[0u8; 100]), None);
+        let t = Template::new(&spec(Proto::Udp, 64)).expect("valid");
+        let mut buf = vec![0u8; 64];
+        t.write(&mut buf);
+        buf[42] ^= 1; // magic broken
+        assert_eq!(parse(&buf), None);
+        assert_eq!(parse(&buf[..50]), None, "truncated before the stamp");
+    }
+
+    proptest! {
+        #[test]
+        fn any_stamp_checksums(size in 70usize..=MAX_FRAME, flow: u16, sport: u16, seq: u32, ts: u64, udp: bool) {
+            check(if udp { Proto::Udp } else { Proto::TcpSyn }, size, flow, sport, seq, ts);
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! `xdpnet-bench loadgen`: an AF_XDP traffic generator and sink.
+//!
+//! One pinned thread drives both ends: the generator's socket on one interface (in its network
+//! namespace) transmits stamped frames ([`frame`]) at a fixed rate or as fast as it can; the
+//! sink's socket on another interface, with an XDP program that hands it every frame, counts
+//! them ([`account`]). Both ends in one loop on one core: one clock for the latency, and the
+//! generator never competes with its own sink for a core. Every frame the generator's kernel
+//! completed is either received, or dropped on the way (counters elsewhere say where), or
+//! still in flight when the drain period ends (reported as lost).
+//!
+//! Its ceiling — the same loop with the generator's interface straight into the sink's (a veth
+//! pair in two namespaces of its own) — bounds anything it can measure, and is reported with
+//! every run ([`ceiling`]).
+//!
+//! Never touches the root namespace: every interface it opens or creates is inside a
+//! namespace given to it or made by it (removed on exit and on Ctrl-C, see `lab`).
+
+pub mod account;
+pub mod frame;
+
+use crate::lab::{self, run as sh};
+use account::{Generator, Pacer, Report, Sink};
+use anyhow::{Context, Result, bail};
+use frame::{FrameSpec, Template};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+use xdpnet_dataplane::steer::{SteerMode, Steering};
+use xdpnet_dataplane::sys::xsk::{RingSizes, Umem, XdpDesc, XskSocket, XskStats, if_index, if_mac};
+
+/// Frames in each end's UMEM.
+const FRAMES: u32 = 4096;
+const FRAME_SIZE: u32 = 2048;
+const RING: u32 = 2048;
+/// Descriptors per TX or RX step.
+const BATCH: u32 = 64;
+
+/// An interface in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// Named network namespace (`ip netns`), or this thread's.
+    pub ns: Option<String>,
+    /// Interface name.
+    pub ifname: String,
+}
+
+impl Place {
+    /// `ifname` in namespace `ns`.
+    pub fn new(ns: &str, ifname: &str) -> Self {
+        Self {
+            ns: Some(ns.to_string()),
+            ifname: ifname.to_string(),
+        }
+    }
+
+    /// The interface's MAC address.
+    pub fn mac(&self) -> Result<[u8; 6]> {
+        let _g = self.enter()?;
+        if_mac(&self.ifname).with_context(|| format!("no MAC for {} in {:?}", self.ifname, self.ns))
+    }
+
+    /// The interface's first IPv4 address.
+    pub fn ipv4(&self) -> Result<Ipv4Addr> {
+        let mut args = vec![];
+        if let Some(ns) = &self.ns {
+            args.extend(["-n", ns.as_str()]);
+        }
+        args.extend(["-4", "-j", "addr", "show", "dev", self.ifname.as_str()]);
+        let out = sh("ip", &args)?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("ip -j addr")?;
+        v[0]["addr_info"][0]["local"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("{} in {:?} has no IPv4 address", self.ifname, self.ns))
+    }
+
+    fn enter(&self) -> Result<Option<NetnsGuard>> {
+        self.ns.as_deref().map(NetnsGuard::enter).transpose()
+    }
+}
+
+/// This thread inside a named network namespace until dropped (then back where it was).
+#[derive(Debug)]
+struct NetnsGuard {
+    orig: File,
+}
+
+impl NetnsGuard {
+    fn enter(ns: &str) -> Result<Self> {
+        let orig = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+        let path = format!("/run/netns/{ns}");
+        let f = File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns into {path}"))?;
+        Ok(Self { orig })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // Back to the namespace this thread came from; failing leaves a thread that is about
+        // to end anyway (each run has its own).
+        let _ = nix::sched::setns(&self.orig, nix::sched::CloneFlags::CLONE_NEWNET);
+    }
+}
+
+/// One end: a socket on queue 0 of an interface, its UMEM, and (for receiving) the XDP
+/// program that gives it every frame.
+struct End {
+    // Drop order: program detached, then the socket, then the UMEM.
+    _steer: Option<Steering>,
+    xsk: XskSocket,
+    umem: Umem,
+}
+
+impl std::fmt::Debug for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("End")
+            .field("ifindex", &self.xsk.ifindex())
+            .finish()
+    }
+}
+
+impl End {
+    fn open(at: &Place, receive: bool) -> Result<Self> {
+        let _g = at.enter()?;
+        let ifindex = if_index(&at.ifname)
+            .with_context(|| format!("interface {} in {:?}", at.ifname, at.ns))?;
+        let umem = Umem::new(FRAMES, FRAME_SIZE)?;
+        let xsk = XskSocket::bind(
+            &umem,
+            None,
+            ifindex,
+            0,
+            RingSizes {
+                rx: RING,
+                tx: RING,
+                fill: RING,
+                comp: RING,
+            },
+        )
+        .with_context(|| format!("AF_XDP socket on {} in {:?}", at.ifname, at.ns))?;
+        let steer = if receive {
+            let mut s = Steering::load().context("loading the XDP program")?;
+            s.set_port(ifindex, 0, 0, SteerMode::All)?;
+            s.set_socket(0, xsk.fd())?;
+            s.attach(ifindex)
+                .with_context(|| format!("attaching XDP to {} in {:?}", at.ifname, at.ns))?;
+            Some(s)
+        } else {
+            None
+        };
+        Ok(Self {
+            _steer: steer,
+            xsk,
+            umem,
+        })
+    }
+}
+
+/// One run of the generator into the sink.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The frames.
+    pub frame: FrameSpec,
+    /// Flows (source ports `frame.src_port ..`).
+    pub flows: u16,
+    /// Offered packets per second; `None` = as fast as possible.
+    pub rate: Option<f64>,
+    /// Generating time.
+    pub seconds: f64,
+    /// Stop after this many packets (also bounded by `seconds`).
+    pub packets: Option<u64>,
+    /// The generator's interface.
+    pub from: Place,
+    /// The sink's interface.
+    pub to: Place,
+    /// Core to pin the loop to.
+    pub core: Option<usize>,
+    /// Print a progress line every second (stderr).
+    pub progress: bool,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tick {
+    /// Seconds since the start.
+    pub t: f64,
+    /// Sent in this second, packets/s.
+    pub tx_pps: f64,
+    /// Received in this second, packets/s.
+    pub rx_pps: f64,
+}
+
+/// What a run measured, with the sockets' own kernel counters.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Generator and sink joined.
+    pub report: Report,
+    /// The sink socket's kernel counters (its drops are the sink's, not the path's).
+    pub sink_xsk: XskStats,
+    /// The generator socket's kernel counters.
+    pub gen_xsk: XskStats,
+    /// Descriptors still in the generator's TX ring at the end (never sent).
+    pub unsent: u64,
+    /// Drops counted by the interfaces of the ceiling's own namespaces (0 for other runs:
+    /// the caller knows which namespaces its path crosses).
+    pub link_drops: u64,
+    /// Per second.
+    pub ticks: Vec<Tick>,
+}
+
+impl Outcome {
+    /// Frames the sink's socket dropped (no fill buffer, ring full).
+    pub fn sink_drops(&self) -> u64 {
+        self.sink_xsk.rx_dropped + self.sink_xsk.rx_ring_full
+    }
+
+    /// As JSON.
+    pub fn json(&self) -> serde_json::Value {
+        let mut v = self.report.json();
+        v["sink_socket_drops"] = self.sink_drops().into();
+        v["link_drops"] = self.link_drops.into();
+        v["generator_unsent"] = self.unsent.into();
+        v["generator_invalid_descs"] = self.gen_xsk.tx_invalid_descs.into();
+        v["per_second"] = self
+            .ticks
+            .iter()
+            .map(|t| serde_json::json!({"t": t.t, "tx_pps": t.tx_pps.round(), "rx_pps": t.rx_pps.round()}))
+            .collect::<Vec<_>>()
+            .into();
+        v
+    }
+}
+
+/// Runs `spec` on a thread of its own (pinned when asked) and returns what it measured.
+pub fn run(spec: &RunSpec) -> Result<Outcome> {
+    let spec = spec.clone();
+    std::thread::Builder::new()
+        .name("xdpnet-loadgen".into())
+        .spawn(move || {
+            if let Some(c) = spec.core {
+                let _ = core_affinity_set(c);
+            }
+            run_here(&spec)
+        })
+        .context("spawning the loadgen thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the loadgen thread panicked"))?
+}
+
+fn core_affinity_set(core: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core).context("core number")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning to core {core}"))
+}
+
+fn run_here(spec: &RunSpec) -> Result<Outcome> {
+    let tpl = Template::new(&spec.frame).map_err(anyhow::Error::msg)?;
+    if spec.flows == 0 {
+        bail!("flows must be at least 1");
+    }
+    if !(spec.seconds > 0.0 && spec.seconds <= 3600.0) {
+        bail!("seconds must be in (0, 3600]");
+    }
+    let mut sink_end = End::open(&spec.to, true)?;
+    let mut gen_end = End::open(&spec.from, false)?;
+
+    // Sink: every frame of its UMEM in its fill ring.
+    let n = sink_end.xsk.fill.free().min(FRAMES);
+    for i in 0..n {
+        sink_end.xsk.fill.set(i, sink_end.umem.chunk_addr(i));
+    }
+    sink_end.xsk.fill.submit(n);
+    sink_end.xsk.wake_rx();
+    // Generator: every chunk holds the template; per packet only the stamp changes.
+    let mut free: Vec<u32> = (0..FRAMES).rev().collect();
+    for i in 0..FRAMES {
+        tpl.write(gen_end.umem.chunk_mut(i));
+    }
+
+    let mut genr = Generator::new(spec.flows, spec.frame.src_port, spec.packets);
+    let pacer = Pacer::new(spec.rate);
+    let mut sink = Sink::new(spec.flows);
+    let clock = Instant::now();
+    let now_ns = || clock.elapsed().as_nanos() as u64;
+    let gen_ns = (spec.seconds * 1e9) as u64;
+    let mut completed = 0u64;
+    let mut outstanding = 0u64;
+    let mut ticks = Vec::new();
+    let (mut tick_at, mut tick_tx, mut tick_rx) = (1_000_000_000u64, 0u64, 0u64);
+    let mut gen_end_ns = None;
+    let mut last_rx = 0u64;
+    let len = tpl.len() as u32;
+    loop {
+        let now = now_ns();
+        let generating = gen_end_ns.is_none();
+        if generating && (now >= gen_ns || genr.done()) {
+            gen_end_ns = Some(now);
+        }
+        // Completions back to the free list.
+        let c = gen_end.xsk.comp.available();
+        for i in 0..c {
+            let addr = gen_end.xsk.comp.get(i);
+            free.push((addr / FRAME_SIZE as u64) as u32);
+        }
+        gen_end.xsk.comp.release(c);
+        completed += c as u64;
+        outstanding -= c as u64;
+        // Generate.
+        if gen_end_ns.is_none() {
+            let k = pacer
+                .allowed(now, genr.sent, BATCH as u64)
+                .min(genr.remaining())
+                .min(free.len() as u64)
+                .min(gen_end.xsk.tx.free() as u64) as u32;
+            for i in 0..k {
+                let idx = free.pop().unwrap_or(0);
+                let (flow, sport, seq) = genr.next_packet();
+                tpl.stamp(gen_end.umem.chunk_mut(idx), flow, sport, seq, now);
+                gen_end.xsk.tx.set(
+                    i,
+                    XdpDesc {
+                        addr: gen_end.umem.chunk_addr(idx),
+                        len,
+                        options: 0,
+                    },
+                );
+            }
+            if k > 0 {
+                gen_end.xsk.tx.submit(k);
+                outstanding += k as u64;
+            }
+        }
+        // Copy mode transmits only inside sendto (up to 32 frames per call).
+        let mut kicks = 0;
+        while kicks < 4 && gen_end.xsk.tx.free() < RING {
+            gen_end.xsk.kick_tx();
+            kicks += 1;
+        }
+        // Receive everything there is (the sink must never be the bottleneck).
+        let mut got = 0;
+        loop {
+            let r = sink_end.xsk.rx.available().min(BATCH);
+            if r == 0 || got >= RING {
+                break;
+            }
+            let now = now_ns();
+            for i in 0..r {
+                let d = sink_end.xsk.rx.get(i);
+                if let Some((idx, off)) = sink_end.umem.locate(d.addr, d.len) {
+                    let chunk = sink_end.umem.chunk_mut(idx);
+                    sink.record(&chunk[off as usize..(off + d.len) as usize], now);
+                    sink_end.xsk.fill.set(i, sink_end.umem.chunk_addr(idx));
+                }
+            }
+            sink_end.xsk.rx.release(r);
+            sink_end.xsk.fill.submit(r);
+            got += r;
+            last_rx = now;
+        }
+        if sink_end.xsk.fill.needs_wakeup() {
+            sink_end.xsk.wake_rx();
+        }
+        if now >= tick_at && gen_end_ns.is_none() {
+            let t = Tick {
+                t: tick_at as f64 / 1e9,
+                tx_pps: (completed - tick_tx) as f64,
+                rx_pps: (sink.received - tick_rx) as f64,
+            };
+            if spec.progress {
+                eprintln!(
+                    "  {:>5.1} s  sent {:>10.0} pps  received {:>10.0} pps  p99 {:>8.1} us",
+                    t.t,
+                    t.tx_pps,
+                    t.rx_pps,
+                    sink.latency.value_at_quantile(0.99) as f64 / 1e3
+                );
+            }
+            ticks.push(t);
+            tick_tx = completed;
+            tick_rx = sink.received;
+            tick_at += 1_000_000_000;
+        }
+        if let Some(end) = gen_end_ns {
+            // Drain: every completion back, then 100 ms without a frame (2 s at most).
+            let quiet = now.saturating_sub(last_rx.max(end)) > 100_000_000;
+            if (outstanding == 0 && quiet) || now - end > 2_000_000_000 {
+                break;
+            }
+        }
+    }
+    let seconds = gen_end_ns.unwrap_or(gen_ns) as f64 / 1e9;
+    Ok(Outcome {
+        report: Report::new(completed, &sink, seconds),
+        sink_xsk: sink_end.xsk.stats().unwrap_or_default(),
+        gen_xsk: gen_end.xsk.stats().unwrap_or_default(),
+        unsent: outstanding,
+        link_drops: 0,
+        ticks,
+    })
+}
+
+/// The loadgen's ceiling: `spec` (its frame shape, flows, rate, core) from one end of a veth
+/// pair straight into the other, in two namespaces `<prefix>-lg0` / `<prefix>-lg1` made for it
+/// and removed afterwards.
+pub fn ceiling(spec: &RunSpec, prefix: &str) -> Result<Outcome> {
+    let (a, b) = (format!("{prefix}-lg0"), format!("{prefix}-lg1"));
+    lab::register(prefix);
+    let made = (|| -> Result<()> {
+        sh("ip", &["netns", "add", &a])?;
+        sh("ip", &["netns", "add", &b])?;
+        // No IPv6 autoconfiguration chatter on the pair: every frame is the generator's.
+        for ns in [&a, &b] {
+            sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            )?;
+        }
+        sh(
+            "ip",
+            &[
+                "-n", &a, "link", "add", "lg0", "type", "veth", "peer", "name", "lg1", "netns", &b,
+            ],
+        )?;
+        sh("ip", &["-n", &a, "link", "set", "lg0", "up"])?;
+        sh("ip", &["-n", &b, "link", "set", "lg1", "up"])?;
+        Ok(())
+    })();
+    let r = made.and_then(|()| {
+        let mut s = spec.clone();
+        s.from = Place::new(&a, "lg0");
+        s.to = Place::new(&b, "lg1");
+        s.progress = false;
+        let before = lab::link_drops(&a)? + lab::link_drops(&b)?;
+        let mut o = run(&s)?;
+        o.link_drops = (lab::link_drops(&a)? + lab::link_drops(&b)?).saturating_sub(before);
+        Ok(o)
+    });
+    for ns in [&a, &b] {
+        let _ = sh("ip", &["netns", "del", ns]);
+    }
+    lab::unregister(prefix);
+    r
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("MAC address {s:?}: want six hex bytes separated by ':'");
+    }
+    for (o, p) in m.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).with_context(|| format!("MAC address {s:?}"))?;
+    }
+    Ok(m)
+}
