@@ -68,6 +68,30 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
+/// Runs a command with `input` on its stdin; an error carries its stderr.
+pub fn run_stdin(cmd: &str, args: &[&str], input: &str) -> Result<String> {
+    let mut c = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd} (is it installed? make deps)"))?;
+    if let Some(mut i) = c.stdin.take() {
+        i.write_all(input.as_bytes())
+            .with_context(|| format!("writing to {cmd}"))?;
+    }
+    let out = c.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Packets the interfaces of namespace `ns` dropped (receive + transmit, as `ip -s link`
 /// shows them: a veth counts a frame its peer had no room for).
 pub fn link_drops(ns: &str) -> Result<u64> {
@@ -636,6 +660,16 @@ impl Lab {
     /// The API server double, when the lab has one.
     pub fn api(&self) -> Option<&xdpnet_control::api_double::ApiDouble> {
         self.api.first()
+    }
+
+    /// Replaces the extra arguments every daemon gets (from the next start on).
+    pub fn set_daemon_args(&mut self, args: Vec<String>) {
+        self.daemon_args = args;
+    }
+
+    /// Whether node `n`'s daemon is running (started by this lab and not stopped).
+    pub fn daemon_running(&self, n: usize) -> bool {
+        self.daemons.get(n).is_some_and(Option::is_some)
     }
 
     /// The CNI socket of node `n`'s daemon (what a conflist's `socket` names).

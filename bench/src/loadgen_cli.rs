@@ -229,6 +229,89 @@ pub fn loadgen(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+pub const COMPARE_USAGE: &str =
+    "  compare    xdpnet against the kernel path (Flannel VXLAN + kube-proxy iptables) on one lab:
+             kernel, xdpnetd --io-only and xdpnetd, each scenario at saturation and at half the
+             kernel path's rate (latency), then scale runs; writes compare.json and compare.svg
+    --seconds S          per saturation run (default 3)
+    --latency-seconds S  per fixed-rate run (default 2)
+    --size N --flows N   frames (default 64 bytes, 64 flows)
+    --scale A,B,C|none   service counts of the scale runs (default 100,1000,10000)
+    --variants LIST      of kernel,io-only,full (default all)
+    --scenarios LIST     of pod-pod-same-node,pod-pod-cross-node,pod-clusterip,external-nodeport
+    --out DIR            (default target/compare)   --prefix P   lab prefix";
+
+pub fn compare(args: &[String]) -> Result<()> {
+    use xdpnet_bench::compare::{self, Options, Scenario, Variant};
+    lab::cleanup_on_signal()?;
+    let mut o = Options::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it
+            .next()
+            .with_context(|| format!("{a} needs a value\n{COMPARE_USAGE}"))?;
+        let float = || -> Result<f64> {
+            let x: f64 = v
+                .parse()
+                .with_context(|| format!("{a} {v:?} is not a number"))?;
+            if !(x > 0.0 && x <= 600.0) {
+                bail!("{a} must be in (0, 600]");
+            }
+            Ok(x)
+        };
+        match a.as_str() {
+            "--seconds" => o.seconds = float()?,
+            "--latency-seconds" => o.latency_seconds = float()?,
+            "--size" => o.size = v.parse().with_context(|| format!("--size {v:?}"))?,
+            "--flows" => {
+                o.flows = v
+                    .parse()
+                    .ok()
+                    .filter(|f| *f > 0)
+                    .context("--flows must be 1..65535")?
+            }
+            "--scale" if v == "none" => o.scale.clear(),
+            "--scale" => {
+                o.scale = v
+                    .split(',')
+                    .map(|x| {
+                        x.parse::<usize>()
+                            .ok()
+                            .filter(|n| (2..=60_000).contains(n))
+                            .with_context(|| format!("--scale {x:?}: 2..60000 services"))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--variants" => {
+                o.variants = v
+                    .split(',')
+                    .map(|x| {
+                        Variant::ALL
+                            .into_iter()
+                            .find(|k| k.name() == x)
+                            .with_context(|| format!("variant {x:?}: kernel, io-only, full"))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--scenarios" => {
+                o.scenarios = v
+                    .split(',')
+                    .map(|x| {
+                        Scenario::ALL
+                            .into_iter()
+                            .find(|k| k.name() == x)
+                            .with_context(|| format!("scenario {x:?}"))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--out" => o.out = v.into(),
+            "--prefix" => o.prefix = v.clone(),
+            other => bail!("unknown option {other:?}\n{COMPARE_USAGE}"),
+        }
+    }
+    compare::run(&o).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,8 +41,13 @@ fn main() -> Result<()> {
         Some("control") => control(&args[1..]),
         Some("lab") => demo::lab(&args[1..]),
         Some("loadgen") => loadgen_cli::loadgen(&args[1..]),
+        Some("compare") => loadgen_cli::compare(&args[1..]),
         Some("-h" | "--help") | None => {
-            println!("{USAGE}\n\n{}", loadgen_cli::USAGE);
+            println!(
+                "{USAGE}\n\n{}\n\n{}",
+                loadgen_cli::USAGE,
+                loadgen_cli::COMPARE_USAGE
+            );
             Ok(())
         }
         Some(other) => bail!("unknown command {other:?}\n{USAGE}"),

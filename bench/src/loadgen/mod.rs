@@ -26,7 +26,9 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 use xdpnet_dataplane::steer::{SteerMode, Steering};
-use xdpnet_dataplane::sys::xsk::{RingSizes, Umem, XdpDesc, XskSocket, XskStats, if_index, if_mac};
+use xdpnet_dataplane::sys::xsk::{
+    RingSizes, Umem, XdpDesc, XskError, XskSocket, XskStats, if_index, if_mac,
+};
 
 /// Frames in each end's UMEM.
 const FRAMES: u32 = 4096;
@@ -127,19 +129,30 @@ impl End {
         let ifindex = if_index(&at.ifname)
             .with_context(|| format!("interface {} in {:?}", at.ifname, at.ns))?;
         let umem = Umem::new(FRAMES, FRAME_SIZE)?;
-        let xsk = XskSocket::bind(
-            &umem,
-            None,
-            ifindex,
-            0,
-            RingSizes {
-                rx: RING,
-                tx: RING,
-                fill: RING,
-                comp: RING,
-            },
-        )
-        .with_context(|| format!("AF_XDP socket on {} in {:?}", at.ifname, at.ns))?;
+        let rings = RingSizes {
+            rx: RING,
+            tx: RING,
+            fill: RING,
+            comp: RING,
+        };
+        // The kernel releases a closed socket's hold on its queue from a work queue: a run
+        // right after another on the same interface may see EBUSY for a moment.
+        let mut tries = 0;
+        let xsk = loop {
+            match XskSocket::bind(&umem, None, ifindex, 0, rings) {
+                Err(XskError::Sys { source, .. })
+                    if source.raw_os_error() == Some(libc_ebusy()) && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => {
+                    break r.with_context(|| {
+                        format!("AF_XDP socket on {} in {:?}", at.ifname, at.ns)
+                    })?;
+                }
+            }
+        };
         let steer = if receive {
             let mut s = Steering::load().context("loading the XDP program")?;
             s.set_port(ifindex, 0, 0, SteerMode::All)?;
@@ -156,6 +169,10 @@ impl End {
             umem,
         })
     }
+}
+
+fn libc_ebusy() -> i32 {
+    nix::errno::Errno::EBUSY as i32
 }
 
 /// One run of the generator into the sink.
