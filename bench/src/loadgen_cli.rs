@@ -239,6 +239,9 @@ pub const COMPARE_USAGE: &str =
     --scale A,B,C|none   service counts of the scale runs (default 100,1000,10000)
     --variants LIST      of kernel,io-only,full (default all)
     --scenarios LIST     of pod-pod-same-node,pod-pod-cross-node,pod-clusterip,external-nodeport
+    --probes N           rate-search runs per saturation cell (default 5)
+    --xdpnet-arg ARG     extra xdpnetd argument for both xdpnet variants (repeatable),
+                         e.g. --xdpnet-arg --busy-poll
     --out DIR            (default target/compare)   --prefix P   lab prefix";
 
 pub fn compare(args: &[String]) -> Result<()> {
@@ -305,6 +308,14 @@ pub fn compare(args: &[String]) -> Result<()> {
                     .collect::<Result<_>>()?
             }
             "--out" => o.out = v.into(),
+            "--xdpnet-arg" => o.xdpnet_args.push(v.clone()),
+            "--probes" => {
+                o.probes = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 20)
+                    .context("--probes must be 0..20")?
+            }
             "--prefix" => o.prefix = v.clone(),
             other => bail!("unknown option {other:?}\n{COMPARE_USAGE}"),
         }

@@ -221,14 +221,16 @@ pub struct Outcome {
     /// Descriptors still in the generator's TX ring at the end (never sent).
     pub unsent: u64,
     /// Drops counted by the interfaces of the ceiling's own namespaces (0 for other runs:
-    /// the caller knows which namespaces its path crosses).
+    /// the caller knows which namespaces its path crosses). On veth these include the sink
+    /// socket's drops: a failed XDP redirect is also an `rx_dropped` of the interface.
     pub link_drops: u64,
     /// Per second.
     pub ticks: Vec<Tick>,
 }
 
 impl Outcome {
-    /// Frames the sink's socket dropped (no fill buffer, ring full).
+    /// Frames the sink's socket dropped (no fill buffer, ring full; its interface counts them
+    /// as well).
     pub fn sink_drops(&self) -> u64 {
         self.sink_xsk.rx_dropped + self.sink_xsk.rx_ring_full
     }
