@@ -1,7 +1,7 @@
 //! The load generator against real AF_XDP sockets: every frame it sends is received or
 //! counted as dropped somewhere on the path (generator straight into the sink, and through
 //! two xdpnetd nodes: xdpnetd's drop counters plus every interface's), and a fixed rate is
-//! offered as asked. The in-memory accounting (loss,
+//! offered as asked; full TCP handshakes through a ClusterIP complete. The in-memory accounting (loss,
 //! reordering, histogram) is tested in `bench/src/loadgen`.
 
 use anyhow::{Result, ensure};
@@ -93,6 +93,34 @@ fn every_frame_is_received_or_counted() {
         ensure!(
             l.p50 > 0 && l.p50 <= l.p99 && l.p99 <= l.max,
             "latency {l:?}"
+        );
+
+        // Full TCP handshakes through the ClusterIP (DNAT there, reverse NAT of the SYN-ACK
+        // back): every SYN answered, acknowledged and reset, at a rate well below capacity.
+        let m = bed.measure(&bed.spec(Scenario::ClusterIpTcp, Some(5_000.0), 1.0)?)?;
+        let r = &m.outcome.report;
+        let h = m
+            .outcome
+            .handshakes
+            .ok_or_else(|| anyhow::anyhow!("no handshake report"))?;
+        eprintln!("handshakes: {}", m.outcome.json());
+        ensure!(
+            r.sent >= 4_750,
+            "offered 5,000 SYNs in 1 s, sent {}",
+            r.sent
+        );
+        ensure!(
+            r.received == r.sent
+                && h.syn_acks == r.sent
+                && h.established == r.sent
+                && h.resets == r.sent,
+            "handshakes: {}",
+            m.outcome.json()
+        );
+        ensure!(
+            h.latency.p50 > 0 && h.latency.p50 <= h.latency.max,
+            "handshake latency {:?}",
+            h.latency
         );
         Ok(())
     })();

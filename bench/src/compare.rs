@@ -69,15 +69,18 @@ pub enum Scenario {
     ClusterIp,
     /// external client -> node-1 NodePort, backend pod-2-0.
     NodePort,
+    /// pod-1-0 -> TCP ClusterIP, backend pod-2-0: full handshakes (SYN, SYN-ACK, ACK, RST).
+    ClusterIpTcp,
 }
 
 impl Scenario {
     /// All, in run order.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::SameNode,
         Scenario::CrossNode,
         Scenario::ClusterIp,
         Scenario::NodePort,
+        Scenario::ClusterIpTcp,
     ];
     /// Name in tables and JSON.
     pub fn name(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Scenario {
             Scenario::CrossNode => "pod-pod-cross-node",
             Scenario::ClusterIp => "pod-clusterip",
             Scenario::NodePort => "external-nodeport",
+            Scenario::ClusterIpTcp => "pod-clusterip-tcp-handshake",
         }
     }
 }
@@ -96,6 +100,10 @@ pub const BENCH_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 pub const BENCH_NP_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 /// The benchmark's NodePort (UDP).
 pub const BENCH_NODE_PORT: u16 = 30053;
+/// The benchmark's TCP ClusterIP (80 -> pod-2-0:8080).
+pub const BENCH_TCP_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
+/// Flows (source ports) of the handshake scenario.
+pub const HANDSHAKE_FLOWS: u16 = 4096;
 
 /// Options of a compare run.
 #[derive(Debug, Clone)]
@@ -188,6 +196,24 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// What the run delivered per second: packets at the sink, or for full handshakes the
+    /// handshakes completed (the ACK reached the server).
+    pub fn rate(&self) -> f64 {
+        self.delivered() as f64 / self.outcome.report.seconds.max(1e-9)
+    }
+
+    fn delivered(&self) -> u64 {
+        match &self.outcome.handshakes {
+            Some(h) => h.established,
+            None => self.outcome.report.received,
+        }
+    }
+
+    /// Lost: sent and not delivered (packets, or handshakes not completed).
+    pub fn lost(&self) -> u64 {
+        self.outcome.report.sent.saturating_sub(self.delivered())
+    }
+
     fn json(&self) -> Value {
         let mut v = self.outcome.json();
         v["cpu_dataplane_core"] = self.cpu_dp.into();
@@ -249,10 +275,10 @@ impl Bed {
         Ok(bed)
     }
 
-    /// Makes the table (and iptables) hold `total` services: the two of the benchmark and
-    /// `total - 2` fillers (TCP 80, two backends each).
+    /// Makes the table (and iptables) hold `total` services: the three of the benchmark and
+    /// `total - 3` fillers (TCP 80, two backends each).
     pub fn set_services(&mut self, total: usize) -> Result<()> {
-        let fillers = total.saturating_sub(2);
+        let fillers = total.saturating_sub(3);
         let pod = |name: &str| self.lab.pods.iter().position(|p| p.name == name);
         let sink = pod("pod-2-0").context("pod-2-0")?;
         let (f1, f2) = (
@@ -518,8 +544,28 @@ impl Bed {
         Ok(())
     }
 
-    /// Threaded NAPI on every XDP interface of the nodes, the threads on the dataplane core.
+    /// Threaded NAPI on every XDP interface of the nodes, the threads on the dataplane core;
+    /// the daemons' other threads (control loop, status, metrics) on the generator core: the
+    /// dataplane core forwards and nothing else, as kube-proxy's and Flannel's daemons are
+    /// idle while the kernel path forwards.
     fn pin_napi(&self) -> Result<()> {
+        for n in 0..self.lab.nodes.len() {
+            let Some(pid) = self.lab.daemon_pid(n) else {
+                continue;
+            };
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .with_context(|| format!("threads of xdpnetd {pid}"))?;
+            for t in tasks.flatten() {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if !comm.starts_with("xdpnet-w") {
+                    let tid = t.file_name().to_string_lossy().into_owned();
+                    let _ = sh(
+                        "taskset",
+                        &["-p", "-c", &self.opts.gen_core.to_string(), &tid],
+                    );
+                }
+            }
+        }
         for n in &self.lab.nodes {
             let script = "for d in /sys/class/net/*; do \
                  if ip link show $(basename $d) | grep -q 'prog/xdp'; then echo 1 > $d/threaded; fi; done";
@@ -561,6 +607,33 @@ impl Bed {
             // I/O-only has no services: the same hops, addressed to the backend.
             Scenario::ClusterIp if io => (src, dst, src.ip, gw, dst.ip, POD_PORT),
             Scenario::ClusterIp => (src, dst, src.ip, gw, BENCH_CLUSTER_IP, 53),
+            Scenario::ClusterIpTcp => {
+                let (ip, port) = if io {
+                    (dst.ip, POD_PORT)
+                } else {
+                    (BENCH_TCP_IP, 80)
+                };
+                return Ok(RunSpec {
+                    frame: FrameSpec {
+                        src_mac: parse_mac(&src.mac)?,
+                        dst_mac: gw,
+                        src_ip: src.ip,
+                        dst_ip: ip,
+                        dst_port: port,
+                        src_port: 10_000,
+                        proto: Proto::TcpHandshake,
+                        size: self.opts.size.max(Proto::TcpHandshake.min_frame()),
+                    },
+                    flows: HANDSHAKE_FLOWS,
+                    rate,
+                    seconds,
+                    packets: None,
+                    from: Place::new(&src.ns, "eth0"),
+                    to: Place::new(&dst.ns, "eth0"),
+                    core: Some(self.opts.gen_core),
+                    progress: false,
+                });
+            }
             Scenario::NodePort => {
                 return Ok(RunSpec {
                     frame: FrameSpec {
@@ -648,26 +721,29 @@ impl Bed {
         let mut best = blast.clone();
         let (mut lo, mut hi) = (0.0f64, blast.outcome.report.tx_pps());
         let mut pdr = 0.0f64;
+        // First probe: what reached the sink at full speed (packets; for handshakes the SYNs,
+        // an upper bound of the handshakes a second).
         let mut rate = blast.outcome.report.rx_pps();
+        // Let the overload drain out of every queue before probing.
+        std::thread::sleep(Duration::from_millis(500));
         for _ in 0..self.opts.probes {
             if rate <= 1_000.0 {
                 break;
             }
             let m = self.probe(&self.spec(s, Some(rate), self.opts.seconds)?)?;
-            let r = &m.outcome.report;
-            if r.lost as f64 <= r.sent as f64 * 0.01 {
+            if m.lost() as f64 <= m.outcome.report.sent as f64 * 0.01 {
                 lo = rate;
-                pdr = pdr.max(r.rx_pps());
+                pdr = pdr.max(m.rate());
             } else {
                 hi = rate;
             }
-            if r.received > best.outcome.report.received {
+            if m.rate() > best.rate() {
                 best = m;
             }
             rate = (lo + hi) / 2.0;
         }
         Ok(Saturation {
-            blast_rx_pps: blast.outcome.report.rx_pps(),
+            blast_rx_pps: blast.rate(),
             blast_tx_pps: blast.outcome.report.tx_pps(),
             pdr_pps: pdr,
             best,
@@ -705,6 +781,14 @@ fn bench_services(sink: usize) -> Vec<LabService> {
             cluster_ip: BENCH_CLUSTER_IP,
             port: 53,
             protocol: "UDP",
+            node_port: None,
+            backends: vec![sink],
+        },
+        LabService {
+            name: "bench-tcp".into(),
+            cluster_ip: BENCH_TCP_IP,
+            port: 80,
+            protocol: "TCP",
             node_port: None,
             backends: vec![sink],
         },
@@ -840,7 +924,7 @@ pub struct ScalePoint {
 }
 
 fn mpps(m: &Measured) -> f64 {
-    m.outcome.report.rx_pps() / 1e6
+    m.rate() / 1e6
 }
 
 fn us(ns: u64) -> f64 {
@@ -884,9 +968,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             let base = cells
                 .iter()
                 .find(|c| c.variant == Variant::Kernel && c.scenario == s)
-                .map_or(sat.outcome.report.rx_pps(), |c| {
-                    c.saturation.outcome.report.rx_pps()
-                });
+                .map_or(sat.rate(), |c| c.saturation.rate());
             let rate = (base / 2.0).max(1_000.0);
             let lat = bed.measure(&bed.spec(s, Some(rate), opts.latency_seconds)?)?;
             println!(
@@ -903,8 +985,18 @@ pub fn run(opts: &Options) -> Result<Value> {
                 rate / 1e6,
                 us(lat.outcome.report.latency.p50),
                 us(lat.outcome.report.latency.p99),
-                lat.outcome.report.lost
+                lat.lost()
             );
+            if let Some(h) = &lat.outcome.handshakes {
+                println!(
+                    "           handshakes at the fixed rate: {:.0}/s completed, SYN -> SYN-ACK p50 {:.1} p99 {:.1} us; at the most delivered: {:.0}/s",
+                    h.established as f64 / lat.outcome.report.seconds.max(1e-9),
+                    us(h.latency.p50),
+                    us(h.latency.p99),
+                    sat.outcome.handshakes.map_or(0.0, |h| h.established as f64
+                        / sat.outcome.report.seconds.max(1e-9))
+                );
+            }
             cells.push(Cell {
                 variant: v,
                 scenario: s,
@@ -1001,7 +1093,7 @@ fn find(cells: &[Cell], v: Variant, s: Scenario) -> Option<&Cell> {
 fn ratios(cells: &[Cell]) -> Value {
     let mut out = serde_json::Map::new();
     for s in Scenario::ALL {
-        let get = |v| find(cells, v, s).map(|c| c.saturation.outcome.report.rx_pps());
+        let get = |v| find(cells, v, s).map(|c| c.saturation.rate());
         let (k, io, f) = (
             get(Variant::Kernel),
             get(Variant::IoOnly),
@@ -1206,6 +1298,7 @@ fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
         Scenario::CrossNode => "cross node",
         Scenario::ClusterIp => "ClusterIP",
         Scenario::NodePort => "NodePort",
+        Scenario::ClusterIpTcp => "TCP hs",
     };
     let groups = |f: &dyn Fn(&Cell) -> Option<f64>| -> Vec<(String, Vec<(Variant, f64)>)> {
         Scenario::ALL

@@ -667,6 +667,11 @@ impl Lab {
         self.daemon_args = args;
     }
 
+    /// The process id of node `n`'s daemon (`ip netns exec` execs it: the same process).
+    pub fn daemon_pid(&self, n: usize) -> Option<u32> {
+        self.daemons.get(n)?.as_ref().map(Child::id)
+    }
+
     /// Whether node `n`'s daemon is running (started by this lab and not stopped).
     pub fn daemon_running(&self, n: usize) -> bool {
         self.daemons.get(n).is_some_and(Option::is_some)

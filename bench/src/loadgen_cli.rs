@@ -13,8 +13,9 @@ pub const USAGE: &str = "  loadgen    AF_XDP traffic generator and sink (root; i
     --dst-mac M      next hop MAC (default: the xdpnet gateway MAC 02:fe:78:64:70:01)
     --src-ip A       source address (default: the --from interface's)
     --src-port P     source port of flow 0; flow f uses P+f (default 10000)
-    --proto udp|tcp-syn   (default udp)
-    --size N         frame bytes without FCS, 58..1514 (udp) / 70..1514 (tcp-syn) (default 64)
+    --proto udp|tcp-syn|tcp-handshake   (default udp); tcp-syn: SYNs only (new connections);
+                     tcp-handshake: the sink answers SYN-ACK, the generator ACK then RST
+    --size N         frame bytes without FCS, 58..1514 (udp) / 82..1514 (tcp) (default 64)
     --flows N        flows, 1..65535 (default 1)
     --rate R         offered packets/s (500k, 1.5M, ...) (default: as fast as possible)
     --seconds S      generating time (default 5)
@@ -116,7 +117,8 @@ pub fn loadgen(args: &[String]) -> Result<()> {
                 proto = match v.as_str() {
                     "udp" => Proto::Udp,
                     "tcp-syn" => Proto::TcpSyn,
-                    o => bail!("--proto {o:?}: udp or tcp-syn"),
+                    "tcp-handshake" => Proto::TcpHandshake,
+                    o => bail!("--proto {o:?}: udp, tcp-syn or tcp-handshake"),
                 }
             }
             "--size" => size = num("--size")? as usize,
@@ -202,6 +204,17 @@ pub fn loadgen(args: &[String]) -> Result<()> {
     if let Some(f) = &from {
         let o = loadgen::run(&spec)?;
         println!("{}", summary("result", &o));
+        if let Some(h) = &o.handshakes {
+            println!(
+                "           handshakes: {} SYN-ACKs, {} completed ({:.0}/s), {} resets; SYN -> SYN-ACK p50 {:.1} p99 {:.1} us",
+                h.syn_acks,
+                h.established,
+                h.established as f64 / o.report.seconds.max(1e-9),
+                h.resets,
+                h.latency.p50 as f64 / 1e3,
+                h.latency.p99 as f64 / 1e3
+            );
+        }
         println!(
             "           sink socket drops {}, generator frames unsent {}",
             o.sink_drops(),
@@ -238,7 +251,8 @@ pub const COMPARE_USAGE: &str =
     --size N --flows N   frames (default 64 bytes, 64 flows)
     --scale A,B,C|none   service counts of the scale runs (default 100,1000,10000)
     --variants LIST      of kernel,io-only,full (default all)
-    --scenarios LIST     of pod-pod-same-node,pod-pod-cross-node,pod-clusterip,external-nodeport
+    --scenarios LIST     of pod-pod-same-node,pod-pod-cross-node,pod-clusterip,external-nodeport,
+                         pod-clusterip-tcp-handshake
     --probes N           rate-search runs per saturation cell (default 5)
     --xdpnet-arg ARG     extra xdpnetd argument for both xdpnet variants (repeatable),
                          e.g. --xdpnet-arg --busy-poll

@@ -19,6 +19,19 @@ pub const MAGIC: u16 = 0x5844;
 pub const MAX_FRAME: usize = 1514;
 const ETH: usize = 14;
 const IP: usize = 20;
+/// TCP header with NOP, NOP, timestamps (TSval = send time in µs, echoed in the SYN-ACK).
+const TCP_HDR: usize = 32;
+/// TCP flags.
+pub mod flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
 
 /// What the generator sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +40,10 @@ pub enum Proto {
     Udp,
     /// TCP SYNs (each one opens a connection through a service: the first-packet path).
     TcpSyn,
+    /// Full TCP handshakes: SYN from the generator, SYN-ACK from the sink (acting as the
+    /// server), ACK and then RST (closing at once, as a client with `SO_LINGER` 0 does) from
+    /// the generator; the handshake time is from the SYN to the SYN-ACK's arrival.
+    TcpHandshake,
 }
 
 impl Proto {
@@ -35,13 +52,15 @@ impl Proto {
         match self {
             Proto::Udp => "udp",
             Proto::TcpSyn => "tcp-syn",
+            Proto::TcpHandshake => "tcp-handshake",
         }
     }
+    /// TCP (SYN-only or handshakes).
+    pub fn is_tcp(self) -> bool {
+        self != Proto::Udp
+    }
     fn header(self) -> usize {
-        match self {
-            Proto::Udp => 8,
-            Proto::TcpSyn => 20,
-        }
+        if self.is_tcp() { TCP_HDR } else { 8 }
     }
     /// The smallest frame of this protocol that has room for the stamp.
     pub fn min_frame(self) -> usize {
@@ -118,10 +137,7 @@ impl Template {
         b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         let ip_len = (spec.size - ETH) as u16;
         let l4_len = ip_len - IP as u16;
-        let proto_num = match spec.proto {
-            Proto::Udp => 17u8,
-            Proto::TcpSyn => 6u8,
-        };
+        let proto_num = if spec.proto.is_tcp() { 6u8 } else { 17u8 };
         {
             let ip = &mut b[ETH..ETH + IP];
             ip[0] = 0x45;
@@ -142,12 +158,14 @@ impl Template {
                 b[l4 + 4..l4 + 6].copy_from_slice(&l4_len.to_be_bytes());
                 csum_off = l4 + 6;
             }
-            Proto::TcpSyn => {
+            Proto::TcpSyn | Proto::TcpHandshake => {
                 b[l4 + 2..l4 + 4].copy_from_slice(&spec.dst_port.to_be_bytes());
                 b[l4 + 4..l4 + 8].copy_from_slice(&1u32.to_be_bytes()); // sequence number
-                b[l4 + 12] = 5 << 4; // data offset: 20 bytes
-                b[l4 + 13] = 0x02; // SYN
+                b[l4 + 12] = ((TCP_HDR / 4) as u8) << 4;
+                b[l4 + 13] = flags::SYN;
                 b[l4 + 14..l4 + 16].copy_from_slice(&64240u16.to_be_bytes());
+                // NOP, NOP, timestamps (TSval per packet, TSecr 0).
+                b[l4 + 20..l4 + 24].copy_from_slice(&[1, 1, 8, 10]);
                 csum_off = l4 + 16;
             }
         }
@@ -209,6 +227,12 @@ impl Template {
             return;
         }
         buf[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+        let mut extra = 0u64;
+        if self.proto.is_tcp() {
+            let tsval = (ts_ns / 1_000) as u32;
+            buf[l4 + 24..l4 + 28].copy_from_slice(&tsval.to_be_bytes());
+            extra = (tsval >> 16) as u64 + (tsval & 0xffff) as u64;
+        }
         let s = &mut buf[self.payload..self.payload + STAMP_LEN];
         s[0..2].copy_from_slice(&MAGIC.to_be_bytes());
         s[2..4].copy_from_slice(&flow.to_be_bytes());
@@ -217,6 +241,7 @@ impl Template {
         // `base` summed the port, stamp and checksum bytes as zero: add what they are now.
         let total = self.base as u64
             + sport as u64
+            + extra
             + sum16(&buf[self.payload..self.payload + STAMP_LEN]) as u64;
         let mut c = !fold(total);
         if c == 0 && self.proto == Proto::Udp {
@@ -261,6 +286,137 @@ pub fn parse(frame: &[u8]) -> Option<Stamp> {
         seq: u32::from_be_bytes([s[4], s[5], s[6], s[7]]),
         ts_ns: u64::from_be_bytes([s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]]),
     })
+}
+
+/// A TCP segment's fields the handshake needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Flags.
+    pub flags: u8,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number.
+    pub ack: u32,
+    /// TSval of the timestamp option (0 without one).
+    pub tsval: u32,
+    /// TSecr of the timestamp option (0 without one).
+    pub tsecr: u32,
+    /// Payload bytes.
+    pub payload: usize,
+}
+
+/// The TCP segment in `frame` (IPv4 without options as the generator sends, or any IHL).
+pub fn segment(frame: &[u8]) -> Option<Segment> {
+    if frame.len() < ETH + IP || frame[12..14] != [0x08, 0x00] || frame[ETH + 9] != 6 {
+        return None;
+    }
+    let ihl = ((frame[ETH] & 0x0f) as usize) * 4;
+    let ip_len = u16::from_be_bytes([frame[ETH + 2], frame[ETH + 3]]) as usize;
+    let l4 = ETH + ihl;
+    let t = frame.get(l4..l4 + 20)?;
+    let doff = ((t[12] >> 4) as usize) * 4;
+    if doff < 20 || ip_len < ihl + doff || frame.len() < ETH + ip_len {
+        return None;
+    }
+    let opts = frame.get(l4 + 20..l4 + doff)?;
+    let (mut tsval, mut tsecr) = (0, 0);
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            k => {
+                let len = *opts.get(i + 1)? as usize;
+                if len < 2 || i + len > opts.len() {
+                    break;
+                }
+                if k == 8 && len == 10 {
+                    tsval = u32::from_be_bytes(opts[i + 2..i + 6].try_into().ok()?);
+                    tsecr = u32::from_be_bytes(opts[i + 6..i + 10].try_into().ok()?);
+                }
+                i += len;
+            }
+        }
+    }
+    Some(Segment {
+        flags: t[13],
+        sport: u16::from_be_bytes([t[0], t[1]]),
+        dport: u16::from_be_bytes([t[2], t[3]]),
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        tsval,
+        tsecr,
+        payload: ip_len - ihl - doff,
+    })
+}
+
+/// Writes into `buf` the answer to the segment in `frame` (addresses and ports swapped):
+/// flags `flags`, sequence `seq`, acknowledgement `ack`, and a timestamp option (TSval
+/// `tsval`, TSecr = the segment's TSval) unless the answer is a RST. No payload. Returns
+/// the frame length (0 when `frame` is not IPv4/TCP or `buf` is short).
+pub fn answer(frame: &[u8], buf: &mut [u8], flags: u8, seq: u32, ack: u32, tsval: u32) -> usize {
+    let Some(seg) = segment(frame) else {
+        return 0;
+    };
+    let with_ts = flags & self::flags::RST == 0;
+    let thl = if with_ts { TCP_HDR } else { 20 };
+    let len = ETH + IP + thl;
+    if buf.len() < len {
+        return 0;
+    }
+    let ihl = ((frame[ETH] & 0x0f) as usize) * 4;
+    let (mut src, mut dst) = ([0u8; 4], [0u8; 4]);
+    src.copy_from_slice(&frame[ETH + 16..ETH + 20]);
+    dst.copy_from_slice(&frame[ETH + 12..ETH + 16]);
+    let (mut smac, mut dmac) = ([0u8; 6], [0u8; 6]);
+    smac.copy_from_slice(&frame[0..6]);
+    dmac.copy_from_slice(&frame[6..12]);
+    let _ = ihl;
+    let b = &mut buf[..len];
+    b.fill(0);
+    b[0..6].copy_from_slice(&dmac);
+    b[6..12].copy_from_slice(&smac);
+    b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    {
+        let ip = &mut b[ETH..ETH + IP];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((IP + thl) as u16).to_be_bytes());
+        ip[6] = 0x40;
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let c = !fold(sum16(ip) as u64);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    let l4 = ETH + IP;
+    {
+        let t = &mut b[l4..];
+        t[0..2].copy_from_slice(&seg.dport.to_be_bytes());
+        t[2..4].copy_from_slice(&seg.sport.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = ((thl / 4) as u8) << 4;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        if with_ts {
+            t[20..24].copy_from_slice(&[1, 1, 8, 10]);
+            t[24..28].copy_from_slice(&tsval.to_be_bytes());
+            t[28..32].copy_from_slice(&seg.tsval.to_be_bytes());
+        }
+    }
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src);
+    pseudo[4..8].copy_from_slice(&dst);
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&(thl as u16).to_be_bytes());
+    let c = !fold(sum16(&pseudo) as u64 + sum16(&b[l4..]) as u64);
+    b[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    len
 }
 
 #[cfg(test)]
@@ -313,6 +469,7 @@ mod tests {
             Some(TransportSlice::Tcp(t)) => {
                 assert_eq!(proto, Proto::TcpSyn);
                 assert!(t.syn() && !t.ack());
+                assert_eq!(segment(f).map(|s| s.tsval), Some((ts / 1_000) as u32));
                 assert_eq!(t.source_port(), sport);
                 let want = t
                     .to_header()
@@ -360,9 +517,72 @@ mod tests {
         assert_eq!(parse(&buf[..50]), None, "truncated before the stamp");
     }
 
+    /// SYN -> SYN-ACK -> ACK and RST: valid checksums, ports and addresses swapped, sequence
+    /// numbers and timestamps echoed.
+    #[test]
+    fn handshake_answers() {
+        let t = Template::new(&spec(Proto::TcpHandshake, 100)).expect("valid");
+        let mut syn = vec![0u8; 100];
+        t.write(&mut syn);
+        t.stamp(&mut syn, 5, 10_005, 9, 7_000_000);
+        let s = segment(&syn).expect("tcp");
+        assert_eq!(
+            (s.flags, s.sport, s.dport, s.seq),
+            (flags::SYN, 10_005, 53, 1)
+        );
+        assert_eq!((s.tsval, s.tsecr, s.payload), (7_000, 0, 100 - 66));
+        let mut synack = vec![0u8; 100];
+        let n = answer(
+            &syn,
+            &mut synack,
+            flags::SYN | flags::ACK,
+            77,
+            s.seq + 1,
+            8_000,
+        );
+        assert_eq!(n, 66);
+        let p = SlicedPacket::from_ethernet(&synack[..n]).expect("parses");
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (&p.net, &p.transport)
+        else {
+            panic!("not TCP/IPv4")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.calc_header_checksum(), h.header_checksum);
+        assert_eq!(
+            tcp.checksum(),
+            tcp.to_header().calc_checksum_ipv4(&h, &[]).expect("sum")
+        );
+        assert_eq!(h.source, [10, 96, 0, 12]);
+        assert_eq!(h.destination, [10, 244, 1, 10]);
+        assert_eq!(synack[0..6], [2, 0, 0, 0, 0, 1]);
+        let a = segment(&synack[..n]).expect("tcp");
+        assert_eq!(
+            (
+                a.flags, a.sport, a.dport, a.seq, a.ack, a.tsval, a.tsecr, a.payload
+            ),
+            (flags::SYN | flags::ACK, 53, 10_005, 77, 2, 8_000, 7_000, 0)
+        );
+        let mut rst = vec![0u8; 100];
+        let n = answer(&synack[..66], &mut rst, flags::RST, a.ack, 0, 0);
+        assert_eq!(n, 54);
+        let r = segment(&rst[..n]).expect("tcp");
+        assert_eq!(
+            (r.flags, r.sport, r.dport, r.seq),
+            (flags::RST, 10_005, 53, 2)
+        );
+        assert_eq!(answer(&[0u8; 60], &mut rst, flags::ACK, 0, 0, 0), 0);
+    }
+
     proptest! {
         #[test]
-        fn any_stamp_checksums(size in 70usize..=MAX_FRAME, flow: u16, sport: u16, seq: u32, ts: u64, udp: bool) {
+        fn segment_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let _ = segment(&bytes);
+            let mut buf = [0u8; 128];
+            let _ = answer(&bytes, &mut buf, flags::ACK, 1, 2, 3);
+        }
+
+        #[test]
+        fn any_stamp_checksums(size in 82usize..=MAX_FRAME, flow: u16, sport: u16, seq: u32, ts: u64, udp: bool) {
             check(if udp { Proto::Udp } else { Proto::TcpSyn }, size, flow, sport, seq, ts);
         }
 

@@ -21,7 +21,7 @@ pub mod frame;
 use crate::lab::{self, run as sh};
 use account::{Generator, Pacer, Report, Sink};
 use anyhow::{Context, Result, bail};
-use frame::{FrameSpec, Template};
+use frame::{FrameSpec, Proto, Template, flags};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -224,6 +224,8 @@ pub struct Outcome {
     /// the caller knows which namespaces its path crosses). On veth these include the sink
     /// socket's drops: a failed XDP redirect is also an `rx_dropped` of the interface.
     pub link_drops: u64,
+    /// Full handshakes (`tcp-handshake` only).
+    pub handshakes: Option<HandshakeReport>,
     /// Per second.
     pub ticks: Vec<Tick>,
 }
@@ -242,6 +244,14 @@ impl Outcome {
         v["link_drops"] = self.link_drops.into();
         v["generator_unsent"] = self.unsent.into();
         v["generator_invalid_descs"] = self.gen_xsk.tx_invalid_descs.into();
+        if let Some(h) = &self.handshakes {
+            v["handshakes"] = serde_json::json!({
+                "syn_acks": h.syn_acks, "established": h.established, "resets": h.resets,
+                "answers_dropped": h.answers_dropped, "client_foreign": h.client_foreign,
+                "per_second": h.established as f64 / self.report.seconds.max(1e-9),
+                "latency": h.latency.json(),
+            });
+        }
         v["per_second"] = self
             .ticks
             .iter()
@@ -275,6 +285,20 @@ fn core_affinity_set(core: usize) -> Result<()> {
         .with_context(|| format!("pinning to core {core}"))
 }
 
+/// Frames of the generator's UMEM kept in its fill ring when it receives (handshakes).
+const GEN_FILL: u32 = 512;
+/// Server ISN of the sink's SYN-ACKs.
+const SERVER_ISN: u32 = 0x1000_0000;
+
+/// What a chunk of the generator's UMEM was sent as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Free,
+    Fill,
+    Packet,
+    Answer,
+}
+
 fn run_here(spec: &RunSpec) -> Result<Outcome> {
     let tpl = Template::new(&spec.frame).map_err(anyhow::Error::msg)?;
     if spec.flows == 0 {
@@ -283,50 +307,132 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
     if !(spec.seconds > 0.0 && spec.seconds <= 3600.0) {
         bail!("seconds must be in (0, 3600]");
     }
+    let handshake = spec.frame.proto == Proto::TcpHandshake;
     let mut sink_end = End::open(&spec.to, true)?;
-    let mut gen_end = End::open(&spec.from, false)?;
+    let mut gen_end = End::open(&spec.from, handshake)?;
 
-    // Sink: every frame of its UMEM in its fill ring.
+    // Sink: its fill ring full; frames it answers with come back through its completions.
     let n = sink_end.xsk.fill.free().min(FRAMES);
     for i in 0..n {
         sink_end.xsk.fill.set(i, sink_end.umem.chunk_addr(i));
     }
     sink_end.xsk.fill.submit(n);
     sink_end.xsk.wake_rx();
-    // Generator: every chunk holds the template; per packet only the stamp changes.
+    // Generator: every chunk holds the template; per packet only the stamp changes (chunks
+    // that carried an answer get the template again before their next packet).
+    let mut kind = vec![Kind::Free; FRAMES as usize];
     let mut free: Vec<u32> = (0..FRAMES).rev().collect();
     for i in 0..FRAMES {
         tpl.write(gen_end.umem.chunk_mut(i));
     }
+    let mut dirty = vec![false; FRAMES as usize];
+    let mut gen_fill_out = 0u32;
 
     let mut genr = Generator::new(spec.flows, spec.frame.src_port, spec.packets);
     let pacer = Pacer::new(spec.rate);
     let mut sink = Sink::new(spec.flows);
+    let mut hs = Handshakes::new();
     let clock = Instant::now();
     let now_ns = || clock.elapsed().as_nanos() as u64;
     let gen_ns = (spec.seconds * 1e9) as u64;
-    let mut completed = 0u64;
-    let mut outstanding = 0u64;
+    let (mut completed, mut outstanding, mut sink_out) = (0u64, 0u64, 0u64);
     let mut ticks = Vec::new();
     let (mut tick_at, mut tick_tx, mut tick_rx) = (1_000_000_000u64, 0u64, 0u64);
     let mut gen_end_ns = None;
     let mut last_rx = 0u64;
     let len = tpl.len() as u32;
+    let (mut scratch_a, mut scratch_b) = ([0u8; 128], [0u8; 128]);
+    let sport_lo = spec.frame.src_port;
     loop {
         let now = now_ns();
-        let generating = gen_end_ns.is_none();
-        if generating && (now >= gen_ns || genr.done()) {
+        if gen_end_ns.is_none() && (now >= gen_ns || genr.done()) {
             gen_end_ns = Some(now);
         }
-        // Completions back to the free list.
+        // Generator completions back to the free list.
         let c = gen_end.xsk.comp.available();
         for i in 0..c {
-            let addr = gen_end.xsk.comp.get(i);
-            free.push((addr / FRAME_SIZE as u64) as u32);
+            let idx = (gen_end.xsk.comp.get(i) / FRAME_SIZE as u64) as u32;
+            if let Some(k) = kind.get_mut(idx as usize) {
+                if *k == Kind::Packet {
+                    completed += 1;
+                }
+                *k = Kind::Free;
+                free.push(idx);
+            }
         }
         gen_end.xsk.comp.release(c);
-        completed += c as u64;
         outstanding -= c as u64;
+        // Handshakes, client side: SYN-ACK in -> ACK and RST out.
+        if handshake {
+            let want = GEN_FILL
+                .saturating_sub(gen_fill_out)
+                .min(free.len() as u32)
+                .min(gen_end.xsk.fill.free());
+            for i in 0..want {
+                let idx = free.pop().unwrap_or(0);
+                kind[idx as usize] = Kind::Fill;
+                gen_end.xsk.fill.set(i, gen_end.umem.chunk_addr(idx));
+            }
+            if want > 0 {
+                gen_fill_out += want;
+                gen_end.xsk.fill.submit(want);
+                if gen_end.xsk.fill.needs_wakeup() {
+                    gen_end.xsk.wake_rx();
+                }
+            }
+            let r = gen_end.xsk.rx.available().min(BATCH);
+            let mut k = 0u32;
+            let now_us = (now_ns() / 1_000) as u32;
+            for i in 0..r {
+                let d = gen_end.xsk.rx.get(i);
+                let Some((idx, off)) = gen_end.umem.locate(d.addr, d.len) else {
+                    continue;
+                };
+                let frame = &gen_end.umem.chunk_mut(idx)[off as usize..(off + d.len) as usize];
+                let seg = frame::segment(frame).filter(|s| {
+                    s.flags & (flags::SYN | flags::ACK | flags::RST) == flags::SYN | flags::ACK
+                        && s.dport.wrapping_sub(sport_lo) < spec.flows
+                });
+                let (Some(seg), true) = (seg, gen_end.xsk.tx.free() >= k + 2 && !free.is_empty())
+                else {
+                    if seg.is_none() {
+                        hs.client_foreign += 1;
+                    } else {
+                        hs.answers_dropped += 1;
+                    }
+                    kind[idx as usize] = Kind::Free;
+                    free.push(idx);
+                    continue;
+                };
+                hs.syn_acks += 1;
+                let lat_us = now_us.wrapping_sub(seg.tsecr) as u64;
+                hs.record(lat_us * 1_000);
+                let ack = seg.seq.wrapping_add(1);
+                let na = frame::answer(frame, &mut scratch_a, flags::ACK, seg.ack, ack, now_us);
+                let nr = frame::answer(frame, &mut scratch_b, flags::RST, seg.ack, 0, 0);
+                let idx2 = free.pop().unwrap_or(idx);
+                for (chunk, buf, n) in [(idx, &scratch_a, na), (idx2, &scratch_b, nr)] {
+                    gen_end.umem.chunk_mut(chunk)[..n].copy_from_slice(&buf[..n]);
+                    dirty[chunk as usize] = true;
+                    kind[chunk as usize] = Kind::Answer;
+                    gen_end.xsk.tx.set(
+                        k,
+                        XdpDesc {
+                            addr: gen_end.umem.chunk_addr(chunk),
+                            len: n as u32,
+                            options: 0,
+                        },
+                    );
+                    k += 1;
+                }
+            }
+            gen_end.xsk.rx.release(r);
+            gen_fill_out -= r;
+            if k > 0 {
+                gen_end.xsk.tx.submit(k);
+                outstanding += k as u64;
+            }
+        }
         // Generate.
         if gen_end_ns.is_none() {
             let k = pacer
@@ -337,7 +443,13 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
             for i in 0..k {
                 let idx = free.pop().unwrap_or(0);
                 let (flow, sport, seq) = genr.next_packet();
-                tpl.stamp(gen_end.umem.chunk_mut(idx), flow, sport, seq, now);
+                let chunk = gen_end.umem.chunk_mut(idx);
+                if dirty[idx as usize] {
+                    tpl.write(chunk);
+                    dirty[idx as usize] = false;
+                }
+                tpl.stamp(chunk, flow, sport, seq, now);
+                kind[idx as usize] = Kind::Packet;
                 gen_end.xsk.tx.set(
                     i,
                     XdpDesc {
@@ -358,6 +470,17 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
             gen_end.xsk.kick_tx();
             kicks += 1;
         }
+        // Sink completions (SYN-ACKs sent) back to its fill ring.
+        let c = sink_end.xsk.comp.available();
+        for i in 0..c {
+            let addr = sink_end.xsk.comp.get(i);
+            sink_end.xsk.fill.set(i, addr - addr % FRAME_SIZE as u64);
+        }
+        sink_end.xsk.comp.release(c);
+        if c > 0 {
+            sink_end.xsk.fill.submit(c);
+            sink_out -= c as u64;
+        }
         // Receive everything there is (the sink must never be the bottleneck).
         let mut got = 0;
         loop {
@@ -366,18 +489,68 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
                 break;
             }
             let now = now_ns();
+            let (mut nf, mut nt) = (0u32, 0u32);
             for i in 0..r {
                 let d = sink_end.xsk.rx.get(i);
-                if let Some((idx, off)) = sink_end.umem.locate(d.addr, d.len) {
-                    let chunk = sink_end.umem.chunk_mut(idx);
-                    sink.record(&chunk[off as usize..(off + d.len) as usize], now);
-                    sink_end.xsk.fill.set(i, sink_end.umem.chunk_addr(idx));
+                let Some((idx, off)) = sink_end.umem.locate(d.addr, d.len) else {
+                    continue;
+                };
+                let chunk = sink_end.umem.chunk_mut(idx);
+                let frame = &chunk[off as usize..(off + d.len) as usize];
+                let mut answered = false;
+                if handshake {
+                    match frame::segment(frame) {
+                        Some(s) if s.flags & (flags::SYN | flags::ACK) == flags::SYN => {
+                            sink.record(frame, now);
+                            if sink_end.xsk.tx.free() > nt {
+                                let n = frame::answer(
+                                    frame,
+                                    &mut scratch_a,
+                                    flags::SYN | flags::ACK,
+                                    SERVER_ISN,
+                                    s.seq.wrapping_add(1),
+                                    (now / 1_000) as u32,
+                                );
+                                chunk[..n].copy_from_slice(&scratch_a[..n]);
+                                sink_end.xsk.tx.set(
+                                    nt,
+                                    XdpDesc {
+                                        addr: sink_end.umem.chunk_addr(idx),
+                                        len: n as u32,
+                                        options: 0,
+                                    },
+                                );
+                                nt += 1;
+                                answered = true;
+                            } else {
+                                hs.answers_dropped += 1;
+                            }
+                        }
+                        Some(s) if s.flags & flags::RST != 0 => hs.resets += 1,
+                        Some(s) if s.flags & (flags::SYN | flags::ACK) == flags::ACK => {
+                            hs.established += 1
+                        }
+                        _ => sink.record(frame, now),
+                    }
+                } else {
+                    sink.record(frame, now);
+                }
+                if !answered {
+                    sink_end.xsk.fill.set(nf, sink_end.umem.chunk_addr(idx));
+                    nf += 1;
                 }
             }
             sink_end.xsk.rx.release(r);
-            sink_end.xsk.fill.submit(r);
+            sink_end.xsk.fill.submit(nf);
+            if nt > 0 {
+                sink_end.xsk.tx.submit(nt);
+                sink_out += nt as u64;
+            }
             got += r;
             last_rx = now;
+        }
+        if sink_out > 0 {
+            sink_end.xsk.kick_tx();
         }
         if sink_end.xsk.fill.needs_wakeup() {
             sink_end.xsk.wake_rx();
@@ -405,7 +578,7 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
         if let Some(end) = gen_end_ns {
             // Drain: every completion back, then 100 ms without a frame (2 s at most).
             let quiet = now.saturating_sub(last_rx.max(end)) > 100_000_000;
-            if (outstanding == 0 && quiet) || now - end > 2_000_000_000 {
+            if (outstanding == 0 && sink_out == 0 && quiet) || now - end > 2_000_000_000 {
                 break;
             }
         }
@@ -417,8 +590,64 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
         gen_xsk: gen_end.xsk.stats().unwrap_or_default(),
         unsent: outstanding,
         link_drops: 0,
+        handshakes: handshake.then(|| hs.report()),
         ticks,
     })
+}
+
+/// Handshake counters while running.
+#[derive(Debug)]
+struct Handshakes {
+    syn_acks: u64,
+    established: u64,
+    resets: u64,
+    answers_dropped: u64,
+    client_foreign: u64,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Handshakes {
+    fn new() -> Self {
+        Self {
+            syn_acks: 0,
+            established: 0,
+            resets: 0,
+            answers_dropped: 0,
+            client_foreign: 0,
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("valid histogram bounds"),
+        }
+    }
+    fn record(&mut self, ns: u64) {
+        let _ = self.latency.record(ns.clamp(1, 60_000_000_000));
+    }
+    fn report(&self) -> HandshakeReport {
+        HandshakeReport {
+            syn_acks: self.syn_acks,
+            established: self.established,
+            resets: self.resets,
+            answers_dropped: self.answers_dropped,
+            client_foreign: self.client_foreign,
+            latency: account::Latency::of(&self.latency),
+        }
+    }
+}
+
+/// Full handshakes (`tcp-handshake`): SYNs are the report's packets; this is the rest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HandshakeReport {
+    /// SYN-ACKs the generator received (handshakes whose first two legs worked).
+    pub syn_acks: u64,
+    /// ACKs the sink received: completed handshakes.
+    pub established: u64,
+    /// RSTs the sink received (one per completed handshake: the client closes at once).
+    pub resets: u64,
+    /// Answers not sent for lack of ring room (either side).
+    pub answers_dropped: u64,
+    /// Frames the generator received that were not SYN-ACKs of its flows.
+    pub client_foreign: u64,
+    /// SYN sent -> SYN-ACK received, µs resolution.
+    pub latency: account::Latency,
 }
 
 /// The loadgen's ceiling: `spec` (its frame shape, flows, rate, core) from one end of a veth
