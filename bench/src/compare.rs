@@ -151,7 +151,7 @@ impl Default for Options {
             variants: Variant::ALL.to_vec(),
             scenarios: Scenario::ALL.to_vec(),
             xdpnet_args: Vec::new(),
-            probes: 5,
+            probes: 6,
         }
     }
 }
@@ -715,15 +715,18 @@ impl Bed {
     /// The most this variant delivers in scenario `s`: one run offered at the generator's
     /// full speed, then a search for the highest offered rate losing at most 1 % (a
     /// forwarder overloaded past its capacity may deliver less than at its capacity: receive
-    /// work for frames it then drops). Returns the run that delivered most, and that rate.
+    /// work for frames it then drops): from what full speed delivered, up by 25 % while
+    /// nothing is lost or down by a third while something is, then bisecting. Returns the run
+    /// that delivered most, and the search's figures.
     pub fn saturate(&self, s: Scenario) -> Result<Saturation> {
         let blast = self.measure(&self.spec(s, None, self.opts.seconds)?)?;
         let mut best = blast.clone();
-        let (mut lo, mut hi) = (0.0f64, blast.outcome.report.tx_pps());
         let mut pdr = 0.0f64;
         // First probe: what reached the sink at full speed (packets; for handshakes the SYNs,
-        // an upper bound of the handshakes a second).
+        // an upper bound of the handshakes a second). Then up by 25 % while nothing is lost
+        // (down by a third while something is), then halve the last bracket.
         let mut rate = blast.outcome.report.rx_pps();
+        let (mut ok, mut bad): (Option<f64>, Option<f64>) = (None, None);
         // Let the overload drain out of every queue before probing.
         std::thread::sleep(Duration::from_millis(500));
         for _ in 0..self.opts.probes {
@@ -732,15 +735,20 @@ impl Bed {
             }
             let m = self.probe(&self.spec(s, Some(rate), self.opts.seconds)?)?;
             if m.lost() as f64 <= m.outcome.report.sent as f64 * 0.01 {
-                lo = rate;
+                ok = Some(ok.map_or(rate, |o| o.max(rate)));
                 pdr = pdr.max(m.rate());
             } else {
-                hi = rate;
+                bad = Some(bad.map_or(rate, |b| b.min(rate)));
             }
             if m.rate() > best.rate() {
                 best = m;
             }
-            rate = (lo + hi) / 2.0;
+            rate = match (ok, bad) {
+                (Some(o), None) => o * 1.25,
+                (None, Some(b)) => b / 1.5,
+                (Some(o), Some(b)) => (o + b) / 2.0,
+                (None, None) => break,
+            };
         }
         Ok(Saturation {
             blast_rx_pps: blast.rate(),

@@ -253,7 +253,7 @@ pub const COMPARE_USAGE: &str =
     --variants LIST      of kernel,io-only,full (default all)
     --scenarios LIST     of pod-pod-same-node,pod-pod-cross-node,pod-clusterip,external-nodeport,
                          pod-clusterip-tcp-handshake
-    --probes N           rate-search runs per saturation cell (default 5)
+    --probes N           rate-search runs per saturation cell (default 6)
     --xdpnet-arg ARG     extra xdpnetd argument for both xdpnet variants (repeatable),
                          e.g. --xdpnet-arg --busy-poll
     --out DIR            (default target/compare)   --prefix P   lab prefix";
