@@ -715,17 +715,19 @@ impl Bed {
     /// The most this variant delivers in scenario `s`: one run offered at the generator's
     /// full speed, then a search for the highest offered rate losing at most 1 % (a
     /// forwarder overloaded past its capacity may deliver less than at its capacity: receive
-    /// work for frames it then drops): from what full speed delivered, up by 25 % while
-    /// nothing is lost or down by a third while something is, then bisecting. Returns the run
+    /// work for frames it then drops): from what full speed delivered, doubling while
+    /// nothing is lost or halving while something is, then bisecting. Returns the run
     /// that delivered most, and the search's figures.
     pub fn saturate(&self, s: Scenario) -> Result<Saturation> {
         let blast = self.measure(&self.spec(s, None, self.opts.seconds)?)?;
         let mut best = blast.clone();
         let mut pdr = 0.0f64;
         // First probe: what reached the sink at full speed (packets; for handshakes the SYNs,
-        // an upper bound of the handshakes a second). Then up by 25 % while nothing is lost
-        // (down by a third while something is), then halve the last bracket.
-        let mut rate = blast.outcome.report.rx_pps();
+        // an upper bound of the handshakes a second), or, when full speed collapsed (under a
+        // quarter of the offered rate got through), the geometric mean of the two. Then
+        // double while nothing is lost (halve while something is), then bisect the bracket.
+        let (rx, tx) = (blast.outcome.report.rx_pps(), blast.outcome.report.tx_pps());
+        let mut rate = if rx * 4.0 < tx { (rx * tx).sqrt() } else { rx };
         let (mut ok, mut bad): (Option<f64>, Option<f64>) = (None, None);
         // Let the overload drain out of every queue before probing.
         std::thread::sleep(Duration::from_millis(500));
@@ -744,8 +746,8 @@ impl Bed {
                 best = m;
             }
             rate = match (ok, bad) {
-                (Some(o), None) => o * 1.25,
-                (None, Some(b)) => b / 1.5,
+                (Some(o), None) => o * 2.0,
+                (None, Some(b)) => b / 2.0,
                 (Some(o), Some(b)) => (o + b) / 2.0,
                 (None, None) => break,
             };
