@@ -134,6 +134,9 @@ pub struct Options {
     pub xdpnet_args: Vec<String>,
     /// Rate-search probes per saturation measurement (0: offered at full speed only).
     pub probes: usize,
+    /// Run the NAPI threads of xdpnet's interfaces as SCHED_FIFO with this priority (they
+    /// then preempt a busy-polling worker at once, as softirqs would).
+    pub napi_fifo: Option<u8>,
 }
 
 impl Default for Options {
@@ -152,6 +155,7 @@ impl Default for Options {
             scenarios: Scenario::ALL.to_vec(),
             xdpnet_args: Vec::new(),
             probes: 6,
+            napi_fifo: None,
         }
     }
 }
@@ -581,6 +585,9 @@ impl Bed {
                     "taskset",
                     &["-p", "-c", &self.opts.dp_core.to_string(), pid],
                 );
+                if let Some(prio) = self.opts.napi_fifo {
+                    let _ = sh("chrt", &["-f", "-p", &prio.to_string(), pid]);
+                }
             }
         }
         Ok(())

@@ -256,6 +256,8 @@ pub const COMPARE_USAGE: &str =
     --probes N           rate-search runs per saturation cell (default 6)
     --xdpnet-arg ARG     extra xdpnetd argument for both xdpnet variants (repeatable),
                          e.g. --xdpnet-arg --busy-poll
+    --napi-fifo PRIO     xdpnet's NAPI threads SCHED_FIFO at PRIO (they preempt a
+                         busy-polling worker at once, as softirqs would)
     --out DIR            (default target/compare)   --prefix P   lab prefix";
 
 pub fn compare(args: &[String]) -> Result<()> {
@@ -323,6 +325,14 @@ pub fn compare(args: &[String]) -> Result<()> {
             }
             "--out" => o.out = v.into(),
             "--xdpnet-arg" => o.xdpnet_args.push(v.clone()),
+            "--napi-fifo" => {
+                o.napi_fifo = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|p| (1..=99).contains(p))
+                        .context("--napi-fifo: a SCHED_FIFO priority 1..99")?,
+                )
+            }
             "--probes" => {
                 o.probes = v
                     .parse()
