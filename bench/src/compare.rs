@@ -1220,7 +1220,7 @@ fn scale_table(points: &[ScalePoint]) -> String {
 /// Bar charts: delivered Mpps per scenario and variant, p99 latency at the fixed rate, and
 /// the scale runs' delivered rate per service count.
 fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
-    const W: f64 = 1100.0;
+    const W: f64 = 1240.0;
     const H: f64 = 420.0;
     let colors = [
         (Variant::Kernel, "#9e9e9e"),
@@ -1239,7 +1239,7 @@ fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
                  groups: &[(String, Vec<(Variant, f64)>)],
                  unit: &str,
                  line: Option<(f64, &str)>| {
-        let (w, h, top) = (340.0, 280.0, 60.0);
+        let (w, h, top) = (330.0, 280.0, 60.0);
         let max = groups
             .iter()
             .flat_map(|g| g.1.iter().map(|x| x.1))
@@ -1359,10 +1359,17 @@ fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
         }
     }
     if !sg.is_empty() {
-        panel(&mut s, 810.0, "ClusterIP vs services", &sg, "Mpps", None);
+        panel(
+            &mut s,
+            890.0,
+            "ClusterIP, most delivered, by services",
+            &sg,
+            "Mpps",
+            None,
+        );
     }
     for (i, (v, c)) in colors.iter().enumerate() {
-        let x = 50.0 + i as f64 * 110.0;
+        let x = 60.0 + i as f64 * 110.0;
         let _ = writeln!(
             s,
             "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>",
