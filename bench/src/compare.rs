@@ -1096,8 +1096,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     std::fs::write(&jp, serde_json::to_string_pretty(&out)?)
         .with_context(|| format!("writing {}", jp.display()))?;
     let sp = opts.out.join("compare.svg");
-    std::fs::write(&sp, svg(&cells, &scale, ceiling.report.rx_pps()))
-        .with_context(|| format!("writing {}", sp.display()))?;
+    std::fs::write(&sp, svg(&out)).with_context(|| format!("writing {}", sp.display()))?;
     println!("wrote {} and {}", jp.display(), sp.display());
     drop(bed);
     Ok(out)
@@ -1217,9 +1216,40 @@ fn scale_table(points: &[ScalePoint]) -> String {
     t
 }
 
-/// Bar charts: delivered Mpps per scenario and variant, p99 latency at the fixed rate, and
-/// the scale runs' delivered rate per service count.
-fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
+/// Delivered per second in a run's JSON: completed handshakes for `tcp-handshake`, else
+/// packets at the sink.
+fn json_rate(run: &Value) -> f64 {
+    match run["handshakes"]["per_second"].as_f64() {
+        Some(h) => h,
+        None => run["rx_pps"].as_f64().unwrap_or(0.0),
+    }
+}
+
+/// Bar charts from a compare result (the JSON [`run`] writes): most delivered per scenario
+/// and variant, p99 latency at the fixed rate, and the scale runs' most delivered by service
+/// count. `xdpnet-bench compare --plot` redraws a saved result with it.
+pub fn svg(result: &Value) -> String {
+    let ceiling_pps = result["loadgen_ceiling"]["rx_pps"].as_f64().unwrap_or(0.0);
+    // (variant, scenario, most delivered per second, p99 µs at the fixed rate)
+    let cells: Vec<(Variant, Scenario, f64, Option<f64>)> = result["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let v = Variant::ALL
+                .into_iter()
+                .find(|v| r["variant"].as_str() == Some(v.name()))?;
+            let sc = Scenario::ALL
+                .into_iter()
+                .find(|s| r["scenario"].as_str() == Some(s.name()))?;
+            Some((
+                v,
+                sc,
+                json_rate(&r["saturation"]),
+                r["latency"]["latency"]["p99_ns"].as_f64().map(|x| x / 1e3),
+            ))
+        })
+        .collect();
     const W: f64 = 1240.0;
     const H: f64 = 420.0;
     let colors = [
@@ -1262,12 +1292,16 @@ fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
         for k in 0..=4 {
             let v = max * k as f64 / 4.0;
             let y = top + h - h * k as f64 / 4.0;
+            let label = if max > 20.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            };
             let _ = writeln!(
                 s,
-                "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{:.2}</text><line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#eee\"/>",
+                "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{label}</text><line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#eee\"/>",
                 x0 - 4.0,
                 y + 4.0,
-                v,
                 x0 + w
             );
         }
@@ -1317,7 +1351,8 @@ fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
         Scenario::NodePort => "NodePort",
         Scenario::ClusterIpTcp => "TCP hs",
     };
-    let groups = |f: &dyn Fn(&Cell) -> Option<f64>| -> Vec<(String, Vec<(Variant, f64)>)> {
+    type CellRow = (Variant, Scenario, f64, Option<f64>);
+    let groups = |f: &dyn Fn(&CellRow) -> Option<f64>| -> Vec<(String, Vec<(Variant, f64)>)> {
         Scenario::ALL
             .iter()
             .map(|&sc| {
@@ -1325,37 +1360,50 @@ fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
                     short(sc).to_string(),
                     Variant::ALL
                         .iter()
-                        .filter_map(|&v| find(cells, v, sc).and_then(f).map(|x| (v, x)))
+                        .filter_map(|&v| {
+                            cells
+                                .iter()
+                                .find(|c| c.0 == v && c.1 == sc)
+                                .and_then(f)
+                                .map(|x| (v, x))
+                        })
                         .collect(),
                 )
             })
             .filter(|g: &(String, Vec<(Variant, f64)>)| !g.1.is_empty())
             .collect()
     };
-    let rate = groups(&|c| Some(mpps(&c.saturation)));
+    let rate = groups(&|c| Some(c.2 / 1e6));
     panel(
         &mut s,
-        50.0,
-        "Delivered at saturation",
+        60.0,
+        "Most delivered (TCP hs: M handshakes/s)",
         &rate,
         "Mpps",
         Some((ceiling_pps / 1e6, "loadgen ceiling")),
     );
-    let lat = groups(&|c| c.latency.as_ref().map(|l| us(l.outcome.report.latency.p99)));
+    let lat = groups(&|c| c.3);
     panel(
         &mut s,
-        430.0,
+        480.0,
         "p99 latency at half the kernel rate",
         &lat,
         "us",
         None,
     );
     let mut sg: Vec<(String, Vec<(Variant, f64)>)> = Vec::new();
-    for p in scale {
-        let name = format!("{}", p.services);
+    for p in result["scale"].as_array().into_iter().flatten() {
+        let Some(v) = Variant::ALL
+            .into_iter()
+            .find(|v| p["variant"].as_str() == Some(v.name()))
+        else {
+            continue;
+        };
+        let name = p["services"].to_string();
+        let x = json_rate(&p["saturation"]) / 1e6;
         match sg.iter_mut().find(|g| g.0 == name) {
-            Some(g) => g.1.push((p.variant, mpps(&p.saturation))),
-            None => sg.push((name, vec![(p.variant, mpps(&p.saturation))])),
+            Some(g) => g.1.push((v, x)),
+            None => sg.push((name, vec![(v, x)])),
         }
     }
     if !sg.is_empty() {
@@ -1381,4 +1429,54 @@ fn svg(cells: &[Cell], scale: &[ScalePoint], ceiling_pps: f64) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chart has one bar per (variant, scenario) and per scale point, each as tall as its
+    /// value against the panel's largest, handshakes counted as completed per second.
+    #[test]
+    fn chart_from_a_result() {
+        let r = json!({
+            "loadgen_ceiling": {"rx_pps": 800_000.0},
+            "results": [
+                {"variant": "kernel", "scenario": "pod-pod-cross-node",
+                 "saturation": {"rx_pps": 100_000.0}, "latency": {"latency": {"p99_ns": 50_000}}},
+                {"variant": "full", "scenario": "pod-pod-cross-node",
+                 "saturation": {"rx_pps": 200_000.0}, "latency": {"latency": {"p99_ns": 100_000}}},
+                {"variant": "full", "scenario": "pod-clusterip-tcp-handshake",
+                 "saturation": {"rx_pps": 90_000.0, "handshakes": {"per_second": 30_000.0}},
+                 "latency": null},
+                {"variant": "nonsense", "scenario": "pod-clusterip", "saturation": {}},
+            ],
+            "scale": [
+                {"variant": "full", "services": 100, "saturation": {"rx_pps": 150_000.0}},
+                {"variant": "full", "services": 10000, "saturation": {"rx_pps": 150_000.0}},
+            ],
+        });
+        let s = svg(&r);
+        let titles: Vec<&str> = s
+            .split("<title>")
+            .skip(1)
+            .map(|t| t.split("</title>").next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            titles,
+            vec![
+                "kernel cross node: 0.100",
+                "full cross node: 0.200",
+                "full TCP hs: 0.030",
+                "kernel cross node: 50.000",
+                "full cross node: 100.000",
+                "full 100: 0.150",
+                "full 10000: 0.150",
+            ]
+        );
+        // Heights: the ceiling (0.8) sets the first panel's scale (x 1.1), 280 px tall.
+        let h = |v: f64| format!("height=\"{:.1}\"", 280.0 * v / (0.8 * 1.1));
+        assert!(s.contains(&h(0.2)) && s.contains(&h(0.1)), "{s}");
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    }
 }

@@ -258,11 +258,26 @@ pub const COMPARE_USAGE: &str =
                          e.g. --xdpnet-arg --busy-poll
     --napi-fifo PRIO     xdpnet's NAPI threads SCHED_FIFO at PRIO (they preempt a
                          busy-polling worker at once, as softirqs would)
-    --out DIR            (default target/compare)   --prefix P   lab prefix";
+    --out DIR            (default target/compare)   --prefix P   lab prefix
+  compare --plot RESULT.json OUT.svg   redraw the chart of a saved result";
 
 pub fn compare(args: &[String]) -> Result<()> {
     use xdpnet_bench::compare::{self, Options, Scenario, Variant};
     lab::cleanup_on_signal()?;
+    if args.first().map(String::as_str) == Some("--plot") {
+        let (Some(json), Some(svg)) = (args.get(1), args.get(2)) else {
+            bail!("--plot RESULT.json OUT.svg");
+        };
+        let text = std::fs::read_to_string(json).with_context(|| format!("reading {json}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{json} is not JSON"))?;
+        if !v["results"].is_array() {
+            bail!("{json} is not a compare result (no \"results\")");
+        }
+        std::fs::write(svg, compare::svg(&v)).with_context(|| format!("writing {svg}"))?;
+        println!("wrote {svg}");
+        return Ok(());
+    }
     let mut o = Options::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
