@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo demo-pipeline test deps lint bench fuzz
+.PHONY: demo demo-pipeline test deps lint bench compare fuzz
 
 deps:
 	@bash scripts/deps.sh
@@ -27,6 +27,11 @@ test: deps lint
 
 bench: deps
 	$(CARGO) bench -p xdpnet-bench
+
+# xdpnet against the kernel path on a lab (root, 2 cores, ~10 min): BENCHMARKS.md's table.
+compare: deps
+	$(CARGO) build --release -q --workspace --bins
+	./target/release/xdpnet-bench compare
 
 fuzz: deps
 	bash scripts/fuzz.sh

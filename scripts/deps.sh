@@ -6,10 +6,11 @@ set -euo pipefail
 # Debian packages: iproute2, ethtool, ping and tcpdump for the lab; m4 .. libbpf-dev for the
 # libbpf build; the CNI tests' real clients: golang-go + golang-github-appc-cni-dev (libcni
 # driver), containernetworking-plugins + iptables (portmap, bandwidth, loopback), containerd +
-# runc + busybox-static (CRI pods).
+# runc + busybox-static (CRI pods); procps + util-linux (sysctl, ps, taskset, chrt) for the
+# kernel-path comparison (its iptables too).
 pkgs=(iproute2 ethtool iputils-ping tcpdump m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev
   golang-go golang-github-appc-cni-dev containernetworking-plugins iptables containerd runc
-  busybox-static)
+  busybox-static procps util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
