@@ -13,6 +13,8 @@ pub const USAGE: &str = "  loadgen    AF_XDP traffic generator and sink (root; i
     --dst-mac M      next hop MAC (default: the xdpnet gateway MAC 02:fe:78:64:70:01)
     --src-ip A       source address (default: the --from interface's)
     --src-port P     source port of flow 0; flow f uses P+f (default 10000)
+    --src-addrs N    flow f sends from src-ip + f mod N (default 1; for clients outside the
+                     cluster: pods sending from other addresses are dropped as spoofed)
     --proto udp|tcp-syn|tcp-handshake   (default udp); tcp-syn: SYNs only (new connections);
                      tcp-handshake: the sink answers SYN-ACK, the generator ACK then RST
     --size N         frame bytes without FCS, 58..1514 (udp) / 82..1514 (tcp) (default 64)
@@ -82,6 +84,7 @@ pub fn loadgen(args: &[String]) -> Result<()> {
     let mut dst_mac = parse_mac(lab::GATEWAY_MAC)?;
     let mut dst_port = lab::POD_PORT;
     let mut src_port = 10_000u16;
+    let mut src_addrs = 1u16;
     let mut proto = Proto::Udp;
     let mut size = 64usize;
     let mut flows = 1u16;
@@ -113,6 +116,12 @@ pub fn loadgen(args: &[String]) -> Result<()> {
             "--dst-mac" => dst_mac = parse_mac(v)?,
             "--dst-port" => dst_port = u16::try_from(num("--dst-port")?).context("port")?,
             "--src-port" => src_port = u16::try_from(num("--src-port")?).context("port")?,
+            "--src-addrs" => {
+                src_addrs = u16::try_from(num("--src-addrs")?)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .context("--src-addrs must be 1..65535")?
+            }
             "--proto" => {
                 proto = match v.as_str() {
                     "udp" => Proto::Udp,
@@ -170,6 +179,7 @@ pub fn loadgen(args: &[String]) -> Result<()> {
             dst_ip: dst_ip.unwrap_or(std::net::Ipv4Addr::new(198, 18, 1, 2)),
             dst_port,
             src_port,
+            src_addrs,
             proto,
             size,
         },

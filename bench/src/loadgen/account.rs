@@ -268,6 +268,7 @@ mod tests {
             dst_ip: Ipv4Addr::new(10, 244, 2, 10),
             dst_port: 8080,
             src_port: 20_000,
+            src_addrs: 1,
             proto: Proto::Udp,
             size: 64,
         })

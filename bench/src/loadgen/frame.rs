@@ -83,6 +83,10 @@ pub struct FrameSpec {
     pub dst_port: u16,
     /// Source port of flow 0; flow `f` uses `src_port + f`.
     pub src_port: u16,
+    /// Source addresses: flow `f` uses `src_ip + f % src_addrs` (1: every flow from
+    /// `src_ip`; more than one only where the path accepts them, e.g. clients outside the
+    /// cluster: a pod sending from another address is dropped as spoofed).
+    pub src_addrs: u16,
     /// UDP or TCP SYN.
     pub proto: Proto,
     /// Frame length in bytes (no FCS).
@@ -96,9 +100,11 @@ pub struct Template {
     proto: Proto,
     csum_off: usize,
     payload: usize,
-    /// Ones'-complement sum of the pseudo-header, the L4 header with source port and checksum
-    /// zero, and the payload with a zero stamp.
+    /// Ones'-complement sum of the pseudo-header without the source address, the L4 header
+    /// with source port and checksum zero, and the payload with a zero stamp.
     base: u32,
+    src_ip: u32,
+    src_addrs: u32,
 }
 
 fn sum16(data: &[u8]) -> u32 {
@@ -174,8 +180,8 @@ impl Template {
         for (i, x) in b[payload + STAMP_LEN..].iter_mut().enumerate() {
             *x = (i as u8) ^ 0xa5;
         }
+        // The source address is added per packet (it varies with the flow).
         let mut pseudo = [0u8; 12];
-        pseudo[0..4].copy_from_slice(&spec.src_ip.octets());
         pseudo[4..8].copy_from_slice(&spec.dst_ip.octets());
         pseudo[9] = proto_num;
         pseudo[10..12].copy_from_slice(&l4_len.to_be_bytes());
@@ -186,6 +192,8 @@ impl Template {
             csum_off,
             payload,
             base,
+            src_ip: u32::from(spec.src_ip),
+            src_addrs: spec.src_addrs.max(1) as u32,
         };
         // A valid frame even before the first stamp.
         let mut copy = t.bytes.clone();
@@ -227,11 +235,19 @@ impl Template {
             return;
         }
         buf[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
-        let mut extra = 0u64;
+        let src = self.src_ip.wrapping_add(flow as u32 % self.src_addrs);
+        let mut extra = (src >> 16) as u64 + (src & 0xffff) as u64;
+        if self.src_addrs > 1 {
+            let ip = &mut buf[ETH..ETH + IP];
+            ip[12..16].copy_from_slice(&src.to_be_bytes());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum16(ip) as u64);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+        }
         if self.proto.is_tcp() {
             let tsval = (ts_ns / 1_000) as u32;
             buf[l4 + 24..l4 + 28].copy_from_slice(&tsval.to_be_bytes());
-            extra = (tsval >> 16) as u64 + (tsval & 0xffff) as u64;
+            extra += (tsval >> 16) as u64 + (tsval & 0xffff) as u64;
         }
         let s = &mut buf[self.payload..self.payload + STAMP_LEN];
         s[0..2].copy_from_slice(&MAGIC.to_be_bytes());
@@ -433,6 +449,7 @@ mod tests {
             dst_ip: Ipv4Addr::new(10, 96, 0, 12),
             dst_port: 53,
             src_port: 10_000,
+            src_addrs: 1,
             proto,
             size,
         }
@@ -503,6 +520,45 @@ mod tests {
         assert!(Template::new(&spec(Proto::Udp, 57)).is_err());
         assert!(Template::new(&spec(Proto::TcpSyn, 69)).is_err());
         assert!(Template::new(&spec(Proto::Udp, 1515)).is_err());
+    }
+
+    /// Flows over several source addresses: flow f from src_ip + f % n, checksums valid.
+    #[test]
+    fn source_addresses_per_flow() {
+        for proto in [Proto::Udp, Proto::TcpHandshake] {
+            let mut sp = spec(proto, 100);
+            sp.src_addrs = 3;
+            let t = Template::new(&sp).expect("valid");
+            for flow in 0..7u16 {
+                let mut b = vec![0u8; 100];
+                t.write(&mut b);
+                t.stamp(&mut b, flow, 10_000 + flow, 1, 5_000);
+                let p = SlicedPacket::from_ethernet(&b).expect("parses");
+                let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                    panic!("not IPv4")
+                };
+                let h = ip.header().to_header();
+                assert_eq!(h.source, [10, 244, 1, 10 + (flow % 3) as u8]);
+                assert_eq!(h.calc_header_checksum(), h.header_checksum);
+                let ok = match &p.transport {
+                    Some(TransportSlice::Udp(u)) => {
+                        u.checksum()
+                            == u.to_header()
+                                .calc_checksum_ipv4(&h, u.payload())
+                                .expect("sum")
+                    }
+                    Some(TransportSlice::Tcp(tc)) => {
+                        tc.checksum()
+                            == tc
+                                .to_header()
+                                .calc_checksum_ipv4(&h, tc.payload())
+                                .expect("sum")
+                    }
+                    _ => false,
+                };
+                assert!(ok, "{proto:?} flow {flow}: L4 checksum");
+            }
+        }
     }
 
     #[test]
