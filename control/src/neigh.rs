@@ -5,9 +5,8 @@
 //! announced a neighbour change since the last call (a socket subscribed to the neighbour
 //! multicast group), so the daemon re-reads the table only when it changed.
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use crate::podnet::Rtnl;
+use netlink_packet_core::NLM_F_DUMP;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -24,10 +23,9 @@ const RTMGRP_NEIGH: u32 = 4;
 /// The two rtnetlink sockets.
 #[derive(Debug)]
 pub struct Neighbours {
-    dump: Socket,
+    dump: Rtnl,
     events: Socket,
     buf: Vec<u8>,
-    seq: u32,
 }
 
 fn usable(s: NeighbourState) -> bool {
@@ -45,9 +43,7 @@ fn usable(s: NeighbourState) -> bool {
 impl Neighbours {
     /// Opens the sockets (in the caller's network namespace).
     pub fn open() -> io::Result<Self> {
-        let mut dump = Socket::new(NETLINK_ROUTE)?;
-        dump.bind_auto()?;
-        dump.connect(&SocketAddr::new(0, 0))?;
+        let dump = Rtnl::open()?;
         let mut events = Socket::new(NETLINK_ROUTE)?;
         events.bind(&SocketAddr::new(0, RTMGRP_NEIGH))?;
         events.set_non_blocking(true)?;
@@ -55,72 +51,46 @@ impl Neighbours {
             dump,
             events,
             buf: vec![0; 1 << 16],
-            seq: 0,
         })
     }
 
     /// The usable IPv4 neighbours (resolved, stale or permanent) and their MACs.
     pub fn dump(&mut self) -> io::Result<BTreeMap<Ipv4Addr, MacAddr>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_DUMP | NLM_F_REQUEST;
-        hdr.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(
-            hdr,
-            NetlinkPayload::from(RouteNetlinkMessage::GetNeighbour(
-                NeighbourMessage::default(),
-            )),
-        );
-        req.finalize();
-        let mut out = vec![0; req.header.length as usize];
-        req.serialize(&mut out);
-        self.dump.send(&out, 0)?;
+        let msgs = self
+            .dump
+            .exchange(
+                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| io::Error::new(e.kind(), format!("RTM_GETNEIGH dump: {e}")))?;
         let mut found = BTreeMap::new();
-        loop {
-            let n = self.dump.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let msg: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&self.buf[off..n])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = msg.header.length as usize;
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(found),
-                    NetlinkPayload::Error(e) => {
-                        return Err(io::Error::other(format!("RTM_GETNEIGH: {e:?}")));
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m))
-                        if m.header.family == AddressFamily::Inet && usable(m.header.state) =>
-                    {
-                        let mut ip = None;
-                        let mut mac = None;
-                        for a in &m.attributes {
-                            match a {
-                                NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => {
-                                    ip = Some(*i)
-                                }
-                                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                                    let mut m6 = [0u8; 6];
-                                    m6.copy_from_slice(b);
-                                    mac = Some(MacAddr(m6));
-                                }
-                                _ => {}
-                            }
-                        }
-                        if let (Some(ip), Some(mac)) = (ip, mac) {
-                            if mac != MacAddr([0; 6]) {
-                                found.insert(ip, mac);
-                            }
-                        }
+        for msg in msgs {
+            let RouteNetlinkMessage::NewNeighbour(m) = msg else {
+                continue;
+            };
+            if m.header.family != AddressFamily::Inet || !usable(m.header.state) {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
+                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                        let mut m6 = [0u8; 6];
+                        m6.copy_from_slice(b);
+                        mac = Some(MacAddr(m6));
                     }
                     _ => {}
                 }
-                if len == 0 {
-                    break;
-                }
-                off += len;
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac)
+                && mac != MacAddr([0; 6])
+            {
+                found.insert(ip, mac);
             }
         }
+        Ok(found)
     }
 
     /// True when the kernel announced a neighbour change since the last call (never blocks).

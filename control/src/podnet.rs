@@ -90,7 +90,7 @@ impl Rtnl {
 
     /// Sends `msg` with `flags` (plus REQUEST) and collects the answers until the ACK / DONE;
     /// a NACK is the kernel's errno.
-    fn exchange(
+    pub(crate) fn exchange(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
