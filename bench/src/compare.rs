@@ -503,18 +503,7 @@ impl Bed {
         nss.push(&self.lab.underlay_ns);
         nss.push(&self.lab.ext_ns);
         for ns in nss {
-            sh(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-            )?;
+            lab::no_ipv6(ns)?;
         }
         Ok(())
     }
@@ -605,84 +594,54 @@ impl Bed {
         let (src, dst) = (pod("pod-1-0")?, pod("pod-2-0")?);
         let io = self.variant == Some(Variant::IoOnly);
         let gw = parse_mac(GATEWAY_MAC)?;
-        let (from, to, src_ip, dst_mac, dst_ip, dst_port) = match s {
+        // The generator's (namespace, MAC, address), the sink pod, next hop, destination.
+        let from_pod = (src.ns.as_str(), parse_mac(&src.mac)?, src.ip);
+        let (from, to, dst_mac, dst_ip, dst_port) = match s {
             Scenario::SameNode => {
                 let d = pod("pod-1-1")?;
-                (src, d, src.ip, gw, d.ip, POD_PORT)
+                (from_pod, d, gw, d.ip, POD_PORT)
             }
-            Scenario::CrossNode => (src, dst, src.ip, gw, dst.ip, POD_PORT),
+            Scenario::CrossNode => (from_pod, dst, gw, dst.ip, POD_PORT),
             // I/O-only has no services: the same hops, addressed to the backend.
-            Scenario::ClusterIp if io => (src, dst, src.ip, gw, dst.ip, POD_PORT),
-            Scenario::ClusterIp => (src, dst, src.ip, gw, BENCH_CLUSTER_IP, 53),
-            Scenario::ClusterIpTcp => {
-                let (ip, port) = if io {
-                    (dst.ip, POD_PORT)
-                } else {
-                    (BENCH_TCP_IP, 80)
-                };
-                return Ok(RunSpec {
-                    frame: FrameSpec {
-                        src_mac: parse_mac(&src.mac)?,
-                        dst_mac: gw,
-                        src_ip: src.ip,
-                        dst_ip: ip,
-                        dst_port: port,
-                        src_port: 10_000,
-                        src_addrs: 1,
-                        proto: Proto::TcpHandshake,
-                        size: self.opts.size.max(Proto::TcpHandshake.min_frame()),
-                    },
-                    flows: HANDSHAKE_FLOWS,
-                    rate,
-                    seconds,
-                    packets: None,
-                    from: Place::new(&src.ns, "eth0"),
-                    to: Place::new(&dst.ns, "eth0"),
-                    core: Some(self.opts.gen_core),
-                    progress: false,
-                });
+            Scenario::ClusterIp | Scenario::ClusterIpTcp if io => {
+                (from_pod, dst, gw, dst.ip, POD_PORT)
             }
+            Scenario::ClusterIp => (from_pod, dst, gw, BENCH_CLUSTER_IP, 53),
+            Scenario::ClusterIpTcp => (from_pod, dst, gw, BENCH_TCP_IP, 80),
             Scenario::NodePort => {
-                return Ok(RunSpec {
-                    frame: FrameSpec {
-                        src_mac: Place::new(&self.lab.ext_ns, "eth0").mac()?,
-                        dst_mac: self.node1_mac,
-                        src_ip: self.lab.ext_ip,
-                        dst_ip: if io { dst.ip } else { self.lab.nodes[0].ip },
-                        dst_port: if io { POD_PORT } else { BENCH_NODE_PORT },
-                        src_port: 10_000,
-                        src_addrs: 1,
-                        proto: Proto::Udp,
-                        size: self.opts.size,
-                    },
-                    flows: self.opts.flows,
-                    rate,
-                    seconds,
-                    packets: None,
-                    from: Place::new(&self.lab.ext_ns, "eth0"),
-                    to: Place::new(&dst.ns, "eth0"),
-                    core: Some(self.opts.gen_core),
-                    progress: false,
-                });
+                let ext = Place::new(&self.lab.ext_ns, "eth0");
+                let client = (self.lab.ext_ns.as_str(), ext.mac()?, self.lab.ext_ip);
+                if io {
+                    (client, dst, self.node1_mac, dst.ip, POD_PORT)
+                } else {
+                    let node1 = self.lab.nodes[0].ip;
+                    (client, dst, self.node1_mac, node1, BENCH_NODE_PORT)
+                }
             }
         };
+        let tcp = s == Scenario::ClusterIpTcp;
+        let proto = if tcp { Proto::TcpHandshake } else { Proto::Udp };
         Ok(RunSpec {
             frame: FrameSpec {
-                src_mac: parse_mac(&from.mac)?,
+                src_mac: from.1,
                 dst_mac,
-                src_ip,
+                src_ip: from.2,
                 dst_ip,
                 dst_port,
                 src_port: 10_000,
                 src_addrs: 1,
-                proto: Proto::Udp,
-                size: self.opts.size,
+                proto,
+                size: self.opts.size.max(proto.min_frame()),
             },
-            flows: self.opts.flows,
+            flows: if tcp {
+                HANDSHAKE_FLOWS
+            } else {
+                self.opts.flows
+            },
             rate,
             seconds,
             packets: None,
-            from: Place::new(&from.ns, "eth0"),
+            from: Place::new(from.0, "eth0"),
             to: Place::new(&to.ns, "eth0"),
             core: Some(self.opts.gen_core),
             progress: false,

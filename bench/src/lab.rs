@@ -37,18 +37,25 @@ pub const POD_PORT: u16 = 8080;
 
 /// Runs a command; an error carries its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd} (is it installed? make deps)"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_stdin(cmd, args, "")
+}
+
+/// Turns IPv6 off in namespace `ns` (no autoconfiguration or MLD frames: a benchmark's
+/// interfaces then carry only its own traffic).
+pub fn no_ipv6(ns: &str) -> Result<()> {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    )
+    .map(|_| ())
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -68,7 +75,7 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
-/// Runs a command with `input` on its stdin; an error carries its stderr.
+/// Runs a command with `input` on its stdin (closed after it); an error carries its stderr.
 pub fn run_stdin(cmd: &str, args: &[&str], input: &str) -> Result<String> {
     let mut c = Command::new(cmd)
         .args(args)

@@ -661,18 +661,7 @@ pub fn ceiling(spec: &RunSpec, prefix: &str) -> Result<Outcome> {
         sh("ip", &["netns", "add", &b])?;
         // No IPv6 autoconfiguration chatter on the pair: every frame is the generator's.
         for ns in [&a, &b] {
-            sh(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-            )?;
+            lab::no_ipv6(ns)?;
         }
         sh(
             "ip",
