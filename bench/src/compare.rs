@@ -312,11 +312,10 @@ impl Bed {
         self.lab.services = services;
         self.fillers = fillers;
         self.lab.write_state()?;
-        for n in 0..self.lab.nodes.len() {
-            let ns = self.lab.nodes[n].ns.clone();
-            let rules = kube_proxy_rules(&self.lab, n);
-            run_stdin("ip", &["netns", "exec", &ns, "iptables-restore"], &rules)
-                .with_context(|| format!("iptables-restore in {ns}"))?;
+        let rules = kube_proxy_rules(&self.lab);
+        for n in &self.lab.nodes {
+            run_stdin("ip", &["netns", "exec", &n.ns, "iptables-restore"], &rules)
+                .with_context(|| format!("iptables-restore in {}", n.ns))?;
         }
         if matches!(self.variant, Some(Variant::Full | Variant::IoOnly)) {
             self.wait_services(self.lab.services.len())?;
@@ -790,8 +789,9 @@ fn chain(kind: &str, key: &str) -> String {
     format!("{kind}-{:016X}", h)
 }
 
-/// The nat table kube-proxy (iptables mode) writes on node `n` for the lab's services.
-pub fn kube_proxy_rules(lab: &Lab, n: usize) -> String {
+/// The nat table kube-proxy (iptables mode) writes for the lab's services (the same on every
+/// node).
+pub fn kube_proxy_rules(lab: &Lab) -> String {
     let mut r = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
          :KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
@@ -845,7 +845,6 @@ pub fn kube_proxy_rules(lab: &Lab, n: usize) -> String {
             );
         }
     }
-    let _ = n;
     r.push_str(
         "-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n-A POSTROUTING -j KUBE-POSTROUTING\n\
          -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\

@@ -13,6 +13,16 @@ use hdrhistogram::Histogram;
 /// Largest latency recorded (longer ones are clamped to it): 60 s.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 
+/// An empty latency histogram: 1 ns .. 60 s, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid histogram bounds")
+}
+
+/// Records `ns` into `h`, clamped into its range (so it cannot fail).
+pub fn record_latency(h: &mut Histogram<u64>, ns: u64) {
+    let _ = h.record(ns.clamp(1, MAX_LATENCY_NS));
+}
+
 /// Sequence numbers per flow, round-robin over the flows.
 #[derive(Debug, Clone)]
 pub struct Generator {
@@ -111,8 +121,7 @@ impl Sink {
             bytes: 0,
             reordered: 0,
             foreign: 0,
-            latency: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
-                .expect("valid histogram bounds"),
+            latency: latency_histogram(),
         }
     }
 
@@ -136,9 +145,7 @@ impl Sink {
         } else {
             self.next[f] = s.seq.wrapping_add(1);
         }
-        let lat = now_ns.saturating_sub(s.ts_ns).clamp(1, MAX_LATENCY_NS);
-        // Cannot fail: the value is clamped into the histogram's range.
-        let _ = self.latency.record(lat);
+        record_latency(&mut self.latency, now_ns.saturating_sub(s.ts_ns));
     }
 
     /// Packets received in flow `f`.

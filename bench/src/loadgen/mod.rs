@@ -290,15 +290,6 @@ const GEN_FILL: u32 = 512;
 /// Server ISN of the sink's SYN-ACKs.
 const SERVER_ISN: u32 = 0x1000_0000;
 
-/// What a chunk of the generator's UMEM was sent as.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Free,
-    Fill,
-    Packet,
-    Answer,
-}
-
 fn run_here(spec: &RunSpec) -> Result<Outcome> {
     let tpl = Template::new(&spec.frame).map_err(anyhow::Error::msg)?;
     if spec.flows == 0 {
@@ -320,7 +311,8 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
     sink_end.xsk.wake_rx();
     // Generator: every chunk holds the template; per packet only the stamp changes (chunks
     // that carried an answer get the template again before their next packet).
-    let mut kind = vec![Kind::Free; FRAMES as usize];
+    // Per chunk: last sent as a generated packet (not an ACK/RST), so its completion counts.
+    let mut is_packet = vec![false; FRAMES as usize];
     let mut free: Vec<u32> = (0..FRAMES).rev().collect();
     for i in 0..FRAMES {
         tpl.write(gen_end.umem.chunk_mut(i));
@@ -352,11 +344,9 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
         let c = gen_end.xsk.comp.available();
         for i in 0..c {
             let idx = (gen_end.xsk.comp.get(i) / FRAME_SIZE as u64) as u32;
-            if let Some(k) = kind.get_mut(idx as usize) {
-                if *k == Kind::Packet {
-                    completed += 1;
-                }
-                *k = Kind::Free;
+            if let Some(p) = is_packet.get_mut(idx as usize) {
+                completed += *p as u64;
+                *p = false;
                 free.push(idx);
             }
         }
@@ -370,7 +360,6 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
                 .min(gen_end.xsk.fill.free());
             for i in 0..want {
                 let idx = free.pop().unwrap_or(0);
-                kind[idx as usize] = Kind::Fill;
                 gen_end.xsk.fill.set(i, gen_end.umem.chunk_addr(idx));
             }
             if want > 0 {
@@ -400,7 +389,6 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
                     } else {
                         hs.answers_dropped += 1;
                     }
-                    kind[idx as usize] = Kind::Free;
                     free.push(idx);
                     continue;
                 };
@@ -414,7 +402,6 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
                 for (chunk, buf, n) in [(idx, &scratch_a, na), (idx2, &scratch_b, nr)] {
                     gen_end.umem.chunk_mut(chunk)[..n].copy_from_slice(&buf[..n]);
                     dirty[chunk as usize] = true;
-                    kind[chunk as usize] = Kind::Answer;
                     gen_end.xsk.tx.set(
                         k,
                         XdpDesc {
@@ -449,7 +436,7 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
                     dirty[idx as usize] = false;
                 }
                 tpl.stamp(chunk, flow, sport, seq, now);
-                kind[idx as usize] = Kind::Packet;
+                is_packet[idx as usize] = true;
                 gen_end.xsk.tx.set(
                     i,
                     XdpDesc {
@@ -614,12 +601,11 @@ impl Handshakes {
             resets: 0,
             answers_dropped: 0,
             client_foreign: 0,
-            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
-                .expect("valid histogram bounds"),
+            latency: account::latency_histogram(),
         }
     }
     fn record(&mut self, ns: u64) {
-        let _ = self.latency.record(ns.clamp(1, 60_000_000_000));
+        account::record_latency(&mut self.latency, ns);
     }
     fn report(&self) -> HandshakeReport {
         HandshakeReport {
