@@ -196,6 +196,7 @@ pub fn run(shape: Shape, changes: usize) -> Report {
             underlay_ip: r.underlay_ip,
             next_hop_mac: MacAddr([2, 1, 0, 0, 0, 1]),
             pod_cidrs: r.pod_cidrs.clone(),
+            addrs: r.addrs.clone(),
         })
         .collect();
     for r in remotes {

@@ -70,6 +70,16 @@ pub struct FileConfig {
     pub frames: Option<u32>,
     /// Pods this node is sized for.
     pub max_pods: Option<usize>,
+    /// The service CIDR (never masqueraded to) [default: 10.96.0.0/12].
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: Option<String>,
+    /// Masquerade pod traffic leaving the cluster to the node's address [default: true];
+    /// false for a routed fabric that knows the pod addresses.
+    pub masquerade: Option<bool>,
+    /// Destinations pod traffic is never masqueraded to, besides the cluster's pod and
+    /// service CIDRs (as ip-masq-agent's `nonMasqueradeCIDRs`).
+    #[serde(rename = "nonMasqueradeCIDRs")]
+    pub non_masquerade_cidrs: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -106,5 +116,12 @@ mod tests {
         );
         assert!(FileConfig::parse("source: etcd\n").is_err());
         assert_eq!(FileConfig::parse("").expect("empty"), FileConfig::default());
+        let c = FileConfig::parse(
+            "masquerade: false\nnonMasqueradeCIDRs: [192.168.0.0/16, 172.16.0.0/12]\nserviceCIDR: 10.96.0.0/16\n",
+        )
+        .expect("valid");
+        assert_eq!(c.masquerade, Some(false));
+        assert_eq!(c.non_masquerade_cidrs.map(|v| v.len()), Some(2));
+        assert_eq!(c.service_cidr.as_deref(), Some("10.96.0.0/16"));
     }
 }

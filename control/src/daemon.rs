@@ -56,6 +56,8 @@ pub enum SourceConfig {
 pub struct DaemonConfig {
     /// This node's name (its Node object).
     pub node_name: String,
+    /// Egress masquerade of pod traffic leaving the cluster (None: off).
+    pub masquerade: Option<crate::masq::MasqConfig>,
     /// The source of cluster state.
     pub source: SourceConfig,
     /// Uplink interface.
@@ -214,6 +216,7 @@ impl Daemon {
                             underlay_ip: r.underlay_ip,
                             next_hop_mac: mac,
                             pod_cidrs: r.pod_cidrs.clone(),
+                            addrs: r.addrs.clone(),
                         },
                     );
                 }
@@ -517,6 +520,24 @@ pub fn open_source(cfg: &DaemonConfig) -> anyhow::Result<Box<dyn Source>> {
     })
 }
 
+fn needs_forwarding(cfg: &DaemonConfig) -> bool {
+    cfg.cni_socket.is_some() || cfg.masquerade.is_some()
+}
+
+/// Turns `net.ipv4.ip_forward` on (warns when it cannot).
+fn enable_forwarding(node: &str) {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
+        Ok(v) if v.trim() == "1" => {}
+        _ => match std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+            Ok(()) => log!(node, "enabled IPv4 forwarding (net.ipv4.ip_forward=1)"),
+            Err(e) => log!(
+                node,
+                "warning: cannot enable IPv4 forwarding ({e}); hostPorts and traffic to outside the cluster will not work"
+            ),
+        },
+    }
+}
+
 /// Runs the daemon until `stop` is set. `reload` forces a re-read of the state.
 pub fn run(
     cfg: DaemonConfig,
@@ -644,6 +665,32 @@ pub fn run(
         ctl.node().pod_cidr,
         source.describe()
     );
+    // Pod traffic the kernel handles (hostPorts DNATed by the portmap plugin, traffic to
+    // outside the cluster, masqueraded) is forwarded by this node's kernel.
+    if needs_forwarding(&cfg) {
+        enable_forwarding(&node);
+    }
+    match &cfg.masquerade {
+        Some(m) => {
+            crate::masq::install(m).context("egress masquerade")?;
+            log!(
+                node,
+                "egress masquerade on: pod traffic to outside {} leaves with this node's address (nftables table ip {})",
+                m.exempt()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::masq::TABLE
+            );
+        }
+        None => {
+            if crate::masq::installed() {
+                let _ = crate::masq::remove();
+            }
+            log!(node, "egress masquerade off");
+        }
+    }
     let mut neigh_src = NeighbourSource::open(&node);
     let mut d = Daemon {
         dp,
@@ -689,18 +736,6 @@ pub fn run(
                     Box::new(move || shared.ready.load(Ordering::Relaxed))
                 },
             ));
-            // Pods' traffic the kernel handles (hostPorts DNATed by the portmap plugin, traffic
-            // to outside the cluster) is forwarded by this node's kernel.
-            match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
-                Ok(v) if v.trim() == "1" => {}
-                _ => match std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
-                    Ok(()) => log!(node, "enabled IPv4 forwarding (net.ipv4.ip_forward=1)"),
-                    Err(e) => log!(
-                        node,
-                        "warning: cannot enable IPv4 forwarding ({e}); hostPorts will not work"
-                    ),
-                },
-            }
             let (found, missing) = svc.existing().context("reading pod interfaces")?;
             for p in found {
                 log!(
@@ -812,8 +847,13 @@ pub fn run(
     if let Some(p) = &d.cfg.status_file {
         let _ = std::fs::remove_file(p);
     }
-    let Daemon { dp, .. } = d;
+    let Daemon { dp, cfg, .. } = d;
     dp.shutdown();
+    if cfg.masquerade.is_some() {
+        if let Err(e) = crate::masq::remove() {
+            log!(node, "warning: egress masquerade not removed: {e}");
+        }
+    }
     log!(node, "stopped");
     Ok(())
 }

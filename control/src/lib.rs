@@ -19,6 +19,7 @@ pub mod http;
 pub mod inspect;
 pub mod ipam;
 pub mod kube_source;
+pub mod masq;
 pub mod metrics;
 pub mod neigh;
 pub mod podnet;

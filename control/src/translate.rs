@@ -63,6 +63,8 @@ pub struct RemoteNode {
     pub underlay_ip: Ipv4Addr,
     /// Pod CIDRs.
     pub pod_cidrs: Vec<Ipv4Net>,
+    /// Every IPv4 address in its status (InternalIPs, ExternalIPs).
+    pub addrs: Vec<Ipv4Addr>,
 }
 
 /// A pod of this node to attach.
@@ -125,6 +127,21 @@ fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
         .find_map(|a| a.address.parse().ok())
 }
 
+/// Every IPv4 address in a Node's status (InternalIP, ExternalIP; names are skipped), in
+/// order, without repeats.
+fn node_addrs(n: &Node) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = Vec::new();
+    let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for a in addrs.into_iter().flatten() {
+        if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
 fn pod_cidrs(n: &Node) -> Vec<Ipv4Net> {
     let Some(spec) = n.spec.as_ref() else {
         return Vec::new();
@@ -177,6 +194,8 @@ pub fn node_facts(st: &ClusterState, cfg: &LocalConfig) -> Result<NodeFacts, Tra
         gateway_mac: cfg.gateway_mac,
         host_mac: cfg.host_mac,
         masquerade_ip: gateway_ip,
+        host_masquerade_ip: pod_cidr.addr(),
+        addrs: node_addrs(me),
         uplink_port: cfg.uplink_port,
         host_port: cfg.host_port,
     })
@@ -198,6 +217,7 @@ pub fn remotes(
                 name: name.clone(),
                 underlay_ip: ip,
                 pod_cidrs: cidrs,
+                addrs: node_addrs(n),
             }),
             _ => warnings.push(format!(
                 "node {name}: no IPv4 InternalIP or podCIDR, skipped"

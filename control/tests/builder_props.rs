@@ -120,6 +120,7 @@ fn sync_nodes(c: &mut Controller) {
             underlay_ip: r.underlay_ip,
             next_hop_mac: MacAddr([2, 1, 0, 0, 0, r.underlay_ip.octets()[3]]),
             pod_cidrs: r.pod_cidrs.clone(),
+            addrs: r.addrs.clone(),
         })
         .collect();
     let b = c.builder();

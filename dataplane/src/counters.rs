@@ -47,6 +47,7 @@ reasons! {
     FragmentToService => "fragment_to_service",
     NoHeadroom => "no_headroom",
     MtuExceeded => "mtu_exceeded",
+    PodToOverlay => "pod_to_overlay",
 }
 
 /// Number of drop reasons.

@@ -356,8 +356,8 @@ impl Pipeline {
                         }
                         let iip = Ipv4Packet::new_checked(inner_eth.payload())
                             .map_err(|_| Verdict::Drop(Ipv4Malformed))?;
-                        let isrc = iip.src_u32();
-                        if !remote.pod_cidrs.iter().any(|c| c.contains_u32(isrc)) {
+                        // Its pods, or its kernel (its own addresses as source).
+                        if !remote.owns_source(iip.src_u32()) {
                             return Err(Verdict::Drop(VxlanInnerSpoofed));
                         }
                         // Strip outer Ethernet + IPv4 (with options) + UDP + VXLAN; the inner
@@ -435,6 +435,14 @@ impl Pipeline {
                     m.tuple.sport = u.src_port();
                     m.tuple.dport = u.dst_port();
                     m.ports = true;
+                    // A pod never speaks the overlay: its UDP to a node's VXLAN port would,
+                    // once it left with a node's address, be taken for that node's traffic.
+                    if m.tuple.dport == node.vxlan_port
+                        && matches!(kind, PortKind::Pod { .. })
+                        && fib.is_node_addr(m.tuple.dst)
+                    {
+                        return Err(Verdict::Drop(PodToOverlay));
+                    }
                 }
                 proto::ICMP => {
                     wire::IcmpPacket::new_checked(pl).map_err(|_| Verdict::Drop(L4Malformed))?;
@@ -525,7 +533,7 @@ impl Pipeline {
                 return Step::Done(self.route(
                     fib,
                     m.decapped,
-                    kind == PortKind::Host,
+                    false,
                     p,
                     h.entry.xlate.dst,
                     m.hash,
@@ -558,7 +566,7 @@ impl Pipeline {
         m: &Meta,
         svc: crate::fib::SvcHit<'_>,
     ) -> Step {
-        let Ctx { fib, ct, now, .. } = *cx;
+        let Ctx { fib, ct, now, kind } = *cx;
         let t = m.tuple;
         let lb = svc.lb;
         let external = svc.external && raw_uplink;
@@ -603,11 +611,19 @@ impl Pipeline {
         // Masquerade when replies would not come back through us otherwise: clients outside
         // the cluster's pod network (external, other hosts), NodePort/LB traffic unless
         // externalTrafficPolicy is Local, and a pod reaching itself through the service.
-        let masq = if raw_uplink {
+        let mut masq = if raw_uplink {
             !lb.external_local
         } else {
             !node.cluster_cidr.contains_u32(t.src) || bip == t.src
         };
+        // A backend this node's kernel serves or forwards (a node address of ours, outside
+        // the cluster) sees the host as a client of its own, or an outside client whose
+        // replies would bypass us: both are masqueraded to the host masquerade address.
+        let mut masq_ip = node.masquerade_ip;
+        if (masq || !matches!(kind, PortKind::Pod { .. })) && Self::routes_to_host(fib, bip) {
+            masq = true;
+            masq_ip = node.host_masquerade_ip;
+        }
         let (mac_idx, extra) = if raw_uplink {
             let src_mac = EthernetFrame::new_unchecked(p.data()).src();
             match ct.macs().intern(src_mac) {
@@ -625,7 +641,7 @@ impl Pipeline {
             proto: t.proto,
         };
         if masq {
-            xlate.src = u32::from(node.masquerade_ip);
+            xlate.src = u32::from(masq_ip);
             xlate.sport = snat_port(m.hash, 0);
         }
         let rhash = ct.hash(&xlate.reverse());
@@ -642,7 +658,7 @@ impl Pipeline {
     /// Stage five of a new service flow: record it in conntrack (another masquerade port if
     /// the first is taken), translate, route.
     fn commit_new_flow(&self, cx: &Ctx<'_>, p: &mut Packet<'_>, m: &Meta, nf: NewFlow) -> Verdict {
-        let Ctx { fib, ct, now, kind } = *cx;
+        let Ctx { fib, ct, now, .. } = *cx;
         let t = m.tuple;
         let mut xlate = nf.xlate;
         let tries = if nf.masq { SNAT_TRIES } else { 1 };
@@ -671,7 +687,7 @@ impl Pipeline {
         self.counters.new_flows.inc();
         self.counters.nat.inc();
         rewrite(p.data_mut(), m.l4 as usize, m.proto, &t, &x);
-        self.route(fib, m.decapped, kind == PortKind::Host, p, x.dst, m.hash)
+        self.route(fib, m.decapped, false, p, x.dst, m.hash)
     }
 
     /// Sends a translated reply back out of the uplink to the MAC the flow came from.
@@ -689,8 +705,12 @@ impl Pipeline {
         Verdict::Tx(node.uplink_port)
     }
 
-    /// Routes an IPv4 frame to `dst`. `decapped`: it came out of the overlay (only local
-    /// delivery allowed); `from_host`: it came from the host port (never sent back there).
+    /// Routes an IPv4 frame to `dst`: a local pod; another node's pod or one of its addresses
+    /// (through the overlay, so the node's kernel sees the pod's own address and answers
+    /// back the same way); this node's own addresses and everything outside the cluster
+    /// (the host port: the kernel delivers it or sends it out, masqueraded). `decapped`: it
+    /// came out of the overlay (only local delivery allowed); `from_host`: it came from the
+    /// host port untranslated (never sent back there; translated traffic may be).
     fn route(
         &self,
         fib: &Fib,
@@ -710,9 +730,14 @@ impl Pipeline {
             eth.set_src(node.gateway_mac);
             return Verdict::Tx(ep.port);
         }
-        let to_host = dst == u32::from(node.gateway_ip) || dst == u32::from(node.underlay_ip);
-        if !to_host {
-            if let Some(remote) = fib.route(dst) {
+        if let Some(remote) = fib.route(dst) {
+            if decapped {
+                return Verdict::Drop(DropReason::NoRoute);
+            }
+            return self.encap(fib, p, remote, hash);
+        }
+        if !fib.is_own_addr(dst) {
+            if let Some(remote) = fib.node_by_addr(dst) {
                 if decapped {
                     return Verdict::Drop(DropReason::NoRoute);
                 }
@@ -732,6 +757,16 @@ impl Pipeline {
         eth.set_dst(node.host_mac);
         eth.set_src(node.gateway_mac);
         Verdict::Tx(node.host_port)
+    }
+
+    /// True when a translated packet to `dst` would be handed to this node's kernel (a
+    /// backend on a node address of ours, or outside the cluster).
+    #[inline]
+    fn routes_to_host(fib: &Fib, dst: u32) -> bool {
+        fib.endpoint(dst).is_none()
+            && fib.route(dst).is_none()
+            && (fib.is_own_addr(dst) || fib.node_by_addr(dst).is_none())
+            && !fib.node().cluster_cidr.contains_u32(dst)
     }
 
     fn encap(
@@ -805,7 +840,7 @@ impl Pipeline {
     /// Translates an ICMP error that quotes a packet of a NAT'd flow. `None` when the quoted
     /// packet belongs to no tracked flow (the error is then routed as it is).
     fn icmp_related(&self, cx: &Ctx<'_>, p: &mut Packet<'_>, m: &Meta) -> Option<Verdict> {
-        let Ctx { fib, ct, now, kind } = *cx;
+        let Ctx { fib, ct, now, .. } = *cx;
         let l4 = m.l4 as usize;
         let d = p.data_mut();
         let icmp_len = d.len().checked_sub(l4)?;
@@ -881,14 +916,7 @@ impl Pipeline {
         if e.flags & (ctf::REPLY | ctf::UPLINK) == ctf::REPLY | ctf::UPLINK {
             return Some(self.to_uplink(fib, ct, p, e.mac_idx));
         }
-        Some(self.route(
-            fib,
-            m.decapped,
-            kind == PortKind::Host,
-            p,
-            new_q.src,
-            m.hash,
-        ))
+        Some(self.route(fib, m.decapped, false, p, new_q.src, m.hash))
     }
 }
 

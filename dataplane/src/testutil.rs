@@ -220,6 +220,8 @@ pub fn node_facts(i: u32) -> NodeFacts {
         gateway_mac: MacAddr([0x02, 0xfe, 0, 0, (i >> 8) as u8, i as u8]),
         host_mac: MacAddr([0x02, 0xfd, 0, 0, (i >> 8) as u8, i as u8]),
         masquerade_ip: cidr.nth(1).expect("in /24"),
+        host_masquerade_ip: cidr.addr(),
+        addrs: vec![node_ip(i)],
         uplink_port: UPLINK,
         host_port: HOST,
     }
@@ -290,6 +292,7 @@ pub fn cluster_builder(shape: &ClusterShape) -> FibBuilder {
             underlay_ip: node_ip(i),
             next_hop_mac: node_mac(i),
             pod_cidrs: vec![pod_cidr(i)],
+            addrs: vec![],
         });
     }
     for k in 0..shape.services {

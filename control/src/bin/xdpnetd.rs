@@ -15,6 +15,7 @@ use xdpnet_control::daemon::{self, DaemonConfig, SourceConfig};
 use xdpnet_control::dataplane::fib::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, Ipv4Net};
 use xdpnet_control::dataplane::runtime::DataplaneConfig;
 use xdpnet_control::dataplane::wire::MacAddr;
+use xdpnet_control::masq::MasqConfig;
 
 const DEFAULT_INSPECT_SOCKET: &str = "/run/xdpnet/xdpnetd.sock";
 
@@ -96,6 +97,16 @@ struct Args {
     /// Pods this node is sized for (each pod socket's share of the frames) [default: 110].
     #[arg(long)]
     max_pods: Option<usize>,
+    /// The service CIDR (never masqueraded to) [default: 10.96.0.0/12].
+    #[arg(long)]
+    service_cidr: Option<Ipv4Net>,
+    /// Do not masquerade pod traffic leaving the cluster (a routed fabric knows the pods).
+    #[arg(long)]
+    no_masquerade: bool,
+    /// Destinations never masqueraded to, besides the pod and service CIDRs (repeatable,
+    /// or comma-separated; replaces the config's nonMasqueradeCIDRs).
+    #[arg(long, value_delimiter = ',')]
+    non_masquerade_cidr: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +160,24 @@ fn main() -> anyhow::Result<()> {
             .parse()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?,
     };
+    let cidr = |what: &str, c: &str| -> anyhow::Result<Ipv4Net> {
+        c.parse()
+            .map_err(|e| anyhow::anyhow!("config: {what} {c:?}: {e:?}"))
+    };
+    let service_cidr = match (a.service_cidr, &file.service_cidr) {
+        (Some(c), _) => c,
+        (None, Some(c)) => cidr("serviceCIDR", c)?,
+        (None, None) => cidr("serviceCIDR", "10.96.0.0/12")?,
+    };
+    let non_masquerade = if a.non_masquerade_cidr.is_empty() {
+        file.non_masquerade_cidrs
+            .iter()
+            .flatten()
+            .map(|c| cidr("nonMasqueradeCIDRs", c))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        a.non_masquerade_cidr.clone()
+    };
     let pod_cidr = match (a.pod_cidr, &file.pod_cidr) {
         (Some(c), _) => Some(c),
         (None, Some(c)) => Some(
@@ -193,18 +222,26 @@ fn main() -> anyhow::Result<()> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing signal handlers")?;
+    let host_if = a
+        .host_if
+        .or(file.host_interface)
+        .unwrap_or_else(|| "xdpnet0".into());
+    let masquerade = (!a.no_masquerade && file.masquerade.unwrap_or(true)).then(|| MasqConfig {
+        cluster_cidr,
+        service_cidr,
+        non_masquerade,
+        host_if: host_if.clone(),
+    });
     let cfg = DaemonConfig {
         node_name,
+        masquerade,
         source,
         uplink: a.uplink.or(file.uplink).unwrap_or_else(|| "eth0".into()),
         host_port: a
             .host_port
             .or(file.host_port)
             .unwrap_or_else(|| "xdpnet0-dp".into()),
-        host_if: a
-            .host_if
-            .or(file.host_interface)
-            .unwrap_or_else(|| "xdpnet0".into()),
+        host_if,
         mtu: a.mtu.or(file.mtu),
         vni,
         vxlan_port: a

@@ -80,6 +80,15 @@ pub struct NodeFacts {
     /// Source address for masqueraded service traffic (external clients, other hosts): replies
     /// to it come back to this node through the overlay.
     pub masquerade_ip: Ipv4Addr,
+    /// Source address for service traffic that the dataplane hands back to this node's kernel
+    /// (a backend on a node address or outside the cluster) from a client the kernel would
+    /// take for itself (the host, or one masqueraded): an address of the pod CIDR that no pod
+    /// and no kernel interface has (its network address), so the kernel accepts it from the
+    /// host port and routes its replies back there.
+    pub host_masquerade_ip: Ipv4Addr,
+    /// Every IPv4 address of this node (its Node's status addresses; `underlay_ip` among
+    /// them): traffic to one of them goes to the host port.
+    pub addrs: Vec<Ipv4Addr>,
     /// Port id of the uplink.
     pub uplink_port: PortId,
     /// Port id of the host port.
@@ -128,6 +137,9 @@ pub struct RemoteNodeSpec {
     pub next_hop_mac: MacAddr,
     /// Its pod CIDRs.
     pub pod_cidrs: Vec<Ipv4Net>,
+    /// Its addresses besides `underlay_ip` (ExternalIP, more InternalIPs): routed to it
+    /// through the overlay, and accepted as inner sources from it.
+    pub addrs: Vec<Ipv4Addr>,
 }
 
 /// Another node, ready for encapsulation.
@@ -137,8 +149,11 @@ pub struct RemoteNode {
     pub name: String,
     /// Underlay address.
     pub underlay_ip: Ipv4Addr,
-    /// Pod CIDRs (inner sources from this node must be inside one).
+    /// Pod CIDRs (inner sources from this node must be inside one, or be one of `addrs`).
     pub pod_cidrs: Vec<Ipv4Net>,
+    /// Every address of the node (`underlay_ip` and the others): what its kernel may send
+    /// into the overlay as a source besides its pods.
+    pub addrs: Vec<Ipv4Addr>,
     /// Prebuilt outer header; lengths, IP checksum and UDP source port are patched per packet.
     pub outer: [u8; ENCAP_LEN],
     /// Ones'-complement sum of the outer IPv4 header with length and checksum zero.
@@ -146,6 +161,14 @@ pub struct RemoteNode {
 }
 
 impl RemoteNode {
+    /// True when an inner source `ip` may come from this node: one of its pods or its own
+    /// addresses (its kernel answering a pod, or a host-network pod).
+    #[inline]
+    pub fn owns_source(&self, ip: u32) -> bool {
+        self.pod_cidrs.iter().any(|c| c.contains_u32(ip))
+            || self.addrs.iter().any(|a| u32::from(*a) == ip)
+    }
+
     fn new(spec: &RemoteNodeSpec, node: &NodeFacts) -> Self {
         let mut h = [0u8; ENCAP_LEN];
         h[0..6].copy_from_slice(&spec.next_hop_mac.0);
@@ -174,6 +197,14 @@ impl RemoteNode {
             name: spec.name.clone(),
             underlay_ip: spec.underlay_ip,
             pod_cidrs: spec.pod_cidrs.clone(),
+            addrs: std::iter::once(spec.underlay_ip)
+                .chain(
+                    spec.addrs
+                        .iter()
+                        .copied()
+                        .filter(|a| *a != spec.underlay_ip),
+                )
+                .collect(),
             outer: h,
             outer_ip_sum,
         }
@@ -419,7 +450,10 @@ impl DenseRoutes {
 #[derive(Debug, Default)]
 pub struct Remotes {
     nodes: Vec<RemoteNode>,
+    /// Underlay address -> node (VXLAN sources).
     by_ip: IntMap<u32, u32>,
+    /// Every address of every remote node -> node (routing to node addresses).
+    by_addr: IntMap<u32, u32>,
     routes: Lpm,
     dense: Option<DenseRoutes>,
 }
@@ -494,12 +528,31 @@ impl Fib {
         let i = *self.remotes.by_ip.get(&ip)?;
         self.remotes.nodes.get(i as usize)
     }
+    /// The remote node that has address `ip` (any of its Node addresses).
+    #[inline]
+    pub fn node_by_addr(&self, ip: u32) -> Option<&RemoteNode> {
+        let i = *self.remotes.by_addr.get(&ip)?;
+        self.remotes.nodes.get(i as usize)
+    }
+    /// True when `ip` is one of this node's own addresses (or its gateway address).
+    #[inline]
+    pub fn is_own_addr(&self, ip: u32) -> bool {
+        ip == u32::from(self.node.gateway_ip)
+            || ip == u32::from(self.node.underlay_ip)
+            || self.node.addrs.iter().any(|a| u32::from(*a) == ip)
+    }
+    /// True when `ip` is an address of any node of the cluster (this one included).
+    #[inline]
+    pub fn is_node_addr(&self, ip: u32) -> bool {
+        self.is_own_addr(ip) || self.remotes.by_addr.contains_key(&ip)
+    }
     /// All remote nodes.
     pub fn remote_nodes(&self) -> &[RemoteNode] {
         &self.remotes.nodes
     }
     /// The service port at `ip:port/proto` (ClusterIP, LoadBalancer, external IP), or the
-    /// NodePort when `ip` is this node's underlay address.
+    /// NodePort when `ip` is an address of any node (a pod reaching another node's NodePort
+    /// is balanced here, as Cilium does; the uplink only steers this node's addresses).
     #[inline]
     pub fn service(&self, ip: u32, port: u16, proto: u8) -> Option<SvcHit<'_>> {
         self.svc_hit(self.service_ref(ip, port, proto)?)
@@ -511,11 +564,11 @@ impl Fib {
         if let Some(v) = self.index.by_addr.get(svc_key(ip, port, proto)) {
             return Some(v);
         }
-        if ip == u32::from(self.node.underlay_ip) {
-            let v = *self
-                .index
-                .by_node_port
-                .get(&(((port as u32) << 8) | proto as u32))?;
+        let v = *self
+            .index
+            .by_node_port
+            .get(&(((port as u32) << 8) | proto as u32))?;
+        if self.is_node_addr(ip) {
             return Some((v << 1) | 1);
         }
         None
@@ -825,7 +878,11 @@ impl FibBuilder {
                 let local: Vec<u16> = backends
                     .iter()
                     .enumerate()
-                    .filter(|(_, b)| node.pod_cidr.contains(*b.ip()) || *b.ip() == node.underlay_ip)
+                    .filter(|(_, b)| {
+                        node.pod_cidr.contains(*b.ip())
+                            || *b.ip() == node.underlay_ip
+                            || node.addrs.contains(b.ip())
+                    })
                     .map(|(i, _)| i as u16)
                     .collect();
                 let (all, local_table) = match built.iter().find(|(b, _, _)| *b == backends) {
@@ -887,6 +944,11 @@ impl FibBuilder {
                     let i = r.nodes.len() as u32;
                     r.nodes.push(RemoteNode::new(spec, &node));
                     r.by_ip.insert(spec.underlay_ip.into(), i);
+                    for a in std::iter::once(&spec.underlay_ip).chain(&spec.addrs) {
+                        if !node.addrs.contains(a) {
+                            r.by_addr.entry((*a).into()).or_insert(i);
+                        }
+                    }
                     for c in &spec.pod_cidrs {
                         r.routes.insert(*c, i);
                         all.push((*c, i));

@@ -58,9 +58,19 @@ fn lookups() {
         .expect("nodeport");
     assert!(np.external);
     assert!(std::ptr::eq(np.lb, s.lb));
+    // Another node's address too (a pod's NodePort traffic is balanced where it starts);
+    // an address of no node is no NodePort.
     assert!(
         fib.service(testutil::node_ip(1).into(), 30007, proto::TCP)
-            .is_none()
+            .is_some()
+    );
+    assert!(
+        fib.service(
+            u32::from(std::net::Ipv4Addr::new(198, 51, 100, 1)),
+            30007,
+            proto::TCP
+        )
+        .is_none()
     );
     assert!(fib.is_vip(vip));
     assert!(!fib.is_vip(testutil::node_ip(0).into()));
@@ -314,6 +324,7 @@ fn apply(b: &mut FibBuilder, op: &Op) {
             underlay_ip: testutil::node_ip(*i),
             next_hop_mac: testutil::node_mac(*i),
             pod_cidrs: vec![testutil::pod_cidr(*i)],
+            addrs: vec![],
         }),
         Op::DelNode(i) => {
             b.remove_node(&format!("node-{i}"));

@@ -52,6 +52,7 @@ impl Node {
                     underlay_ip: testutil::node_ip(n),
                     next_hop_mac: testutil::node_mac(n),
                     pod_cidrs: vec![testutil::pod_cidr(n)],
+                    addrs: vec![],
                 });
             }
         }
