@@ -7,10 +7,10 @@ set -euo pipefail
 # libbpf build; the CNI tests' real clients: golang-go + golang-github-appc-cni-dev (libcni
 # driver), containernetworking-plugins + iptables (portmap, bandwidth, loopback), containerd +
 # runc + busybox-static (CRI pods); procps + util-linux (sysctl, ps, taskset, chrt) for the
-# kernel-path comparison (its iptables too).
+# kernel-path comparison (its iptables too); nftables for xdpnetd's egress masquerade.
 pkgs=(iproute2 ethtool iputils-ping tcpdump m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev
   golang-go golang-github-appc-cni-dev containernetworking-plugins iptables containerd runc
-  busybox-static procps util-linux)
+  busybox-static procps util-linux nftables)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -511,12 +511,23 @@ fn libcni_chains_the_plugin_with_portmap_and_bandwidth_and_a_host_port_works() {
                 "plugins": [plugin, bandwidth]})
                 .to_string(),
             )?;
+            // c0: hostPort 30600/TCP; c1: 30601/TCP and the same 30600 on UDP (one hostPort
+            // on different protocols in different pods).
             let caps = |host_port: u16| {
+                let mut maps = vec![
+                    json!({"hostPort": host_port, "containerPort": POD_PORT, "protocol": "tcp"}),
+                ];
+                if host_port == 30601 {
+                    maps.push(
+                        json!({"hostPort": 30600, "containerPort": POD_PORT, "protocol": "udp"}),
+                    );
+                }
                 json!({
-                "portMappings": [{"hostPort": host_port, "containerPort": POD_PORT, "protocol": "tcp"}],
-                "bandwidth": {"ingressRate": 1_000_000_000u64, "ingressBurst": 10_000_000,
-                              "egressRate": 1_000_000_000u64, "egressBurst": 10_000_000},
-            }).to_string()
+                    "portMappings": maps,
+                    "bandwidth": {"ingressRate": 1_000_000_000u64, "ingressBurst": 10_000_000,
+                                  "egressRate": 1_000_000_000u64, "egressBurst": 10_000_000},
+                })
+                .to_string()
             };
             let mut ips = Vec::new();
             for (id, hp) in [("c0", 30600), ("c1", 30601)] {
@@ -560,6 +571,11 @@ fn libcni_chains_the_plugin_with_portmap_and_bandwidth_and_a_host_port_works() {
                 let x = lab::tcp_exchange(&lab.ext_ns, SocketAddrV4::new(node_ip, hp), 256 * 1024)?;
                 ensure!(x.server == name, "hostPort {hp} reached {}", x.server);
             }
+            let names = lab::udp_exchange(&lab.ext_ns, SocketAddrV4::new(node_ip, 30600), 5)?;
+            ensure!(
+                names.iter().all(|n| n == "c1"),
+                "hostPort 30600/UDP reached {names:?}"
+            );
             let x = lab::tcp_exchange(
                 &lab.pods[1].ns,
                 SocketAddrV4::new(ips[0], POD_PORT),

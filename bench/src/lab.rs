@@ -4,7 +4,7 @@
 //! - `P-ul`: the underlay, a bridge `br0` (no address) joining the nodes and the client;
 //! - `P-ext`: a client that is not a node, `eth0` 198.18.0.100/24 on the underlay;
 //! - `P-n<i>` (node i = 1..N): uplink `eth0` 198.18.0.(10+i)/24; host port: veth `xdpnet0`
-//!   (kernel end, the gateway 10.244.i.1/32, routes to the pod and service CIDRs) <->
+//!   (kernel end, MTU 1450, the gateway 10.244.i.1/32, routes to the pod and service CIDRs) <->
 //!   `xdpnet0-dp` (dataplane end); pod host ends `xnp<j>`; one `xdpnetd` (its log, status and
 //!   state files in the lab directory);
 //! - `P-n<i>p<j>`: pod j of node i: `eth0` 10.244.i.(10+j)/24, MTU 1450, default route via the
@@ -18,6 +18,7 @@
 //! lab left running by `lab up`, found by its prefix.
 
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -296,6 +297,12 @@ pub struct Lab {
     pub services: Vec<LabService>,
     /// Pods left out of the state file (as if deleted from the cluster; their namespaces stay).
     pub absent: std::collections::BTreeSet<usize>,
+    /// More objects for the state file, each one YAML document (Services, EndpointSlices,
+    /// NetworkPolicies... as `kubectl get -o yaml` prints them), written after the lab's own.
+    pub extra_objects: Vec<String>,
+    /// More addresses of each node (index into `nodes`): on the node's `lo`, and in its Node
+    /// status as ExternalIP.
+    pub node_addrs: BTreeMap<usize, Vec<Ipv4Addr>>,
     daemons: Vec<Option<Child>>,
     servers: Vec<Server>,
     bin_dir: PathBuf,
@@ -353,6 +360,8 @@ impl Lab {
             pods: Vec::new(),
             services: Vec::new(),
             absent: Default::default(),
+            extra_objects: Vec::new(),
+            node_addrs: BTreeMap::new(),
             daemons: Vec::new(),
             servers: Vec::new(),
             bin_dir: spec.bin_dir.clone(),
@@ -478,8 +487,19 @@ impl Lab {
                 "dev",
                 "xdpnet0",
             ])?;
-            ip(&["-n", &n.ns, "link", "set", "xdpnet0-dp", "up"])?;
-            ip(&["-n", &n.ns, "link", "set", "xdpnet0", "up"])?;
+            // The host port carries the overlay's MTU (underlay - 50), as pods do: the node's
+            // kernel then offers a TCP MSS that still fits once encapsulated.
+            ip(&[
+                "-n",
+                &n.ns,
+                "link",
+                "set",
+                "xdpnet0-dp",
+                "mtu",
+                "1450",
+                "up",
+            ])?;
+            ip(&["-n", &n.ns, "link", "set", "xdpnet0", "mtu", "1450", "up"])?;
             tx_off(&n.ns, "xdpnet0")?;
             let src = n.gateway.to_string();
             ip(&[
@@ -599,6 +619,9 @@ impl Lab {
                 i + 1,
                 n.ip
             );
+            for a in self.node_addrs.get(&i).into_iter().flatten() {
+                let _ = writeln!(y, "  - {{type: ExternalIP, address: {a}}}");
+            }
         }
         for (i, p) in self.pods.iter().enumerate() {
             if self.absent.contains(&i) {
@@ -639,6 +662,9 @@ impl Lab {
                 );
             }
         }
+        for doc in &self.extra_objects {
+            let _ = write!(y, "---\n{}\n", doc.trim_end());
+        }
         if let Some(api) = self.api.first() {
             let mut now = std::collections::BTreeSet::new();
             for doc in y.split("---\n").filter(|d| !d.trim().is_empty()) {
@@ -661,6 +687,15 @@ impl Lab {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, y)?;
         std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Gives node `n` another address (on its `lo`, and as an ExternalIP in its Node object;
+    /// call [`Lab::write_state`] after).
+    pub fn add_node_address(&mut self, n: usize, addr: Ipv4Addr) -> Result<()> {
+        let ns = self.nodes[n].ns.clone();
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+        self.node_addrs.entry(n).or_default().push(addr);
         Ok(())
     }
 
@@ -867,6 +902,12 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts an HTTP server in `ns` answering `name` to every request on `port`.
+    pub fn serve_http(&mut self, ns: &str, name: &str, port: u16) -> Result<()> {
+        self.servers.push(Server::start_http(ns, name, port)?);
+        Ok(())
+    }
+
     /// Keeps the lab running after this value drops (for `lab up`).
     pub fn keep(mut self) {
         self.keep = true;
@@ -961,8 +1002,9 @@ fn tx_off(ns: &str, ifname: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// A pod's server: TCP (first line = its name, then echoes until EOF) and UDP (answers every
-/// datagram with its name, a space, and the datagram).
+/// A pod's server: TCP (first line = its name, then echoes until EOF; a connection whose first
+/// bytes are `WHOAMI\n` gets the client address it saw as a second line) and UDP (answers every datagram
+/// with its name, a space, and the datagram; `WHOAMI` gets `name WHOAMI client-address`).
 #[derive(Debug)]
 pub struct Server {
     stop: Arc<AtomicBool>,
@@ -987,7 +1029,7 @@ impl Server {
         threads.push(std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match tcp.accept() {
-                    Ok((mut c, _)) => {
+                    Ok((mut c, peer)) => {
                         let n = n.clone();
                         std::thread::spawn(move || {
                             let _ = c.set_nonblocking(false);
@@ -996,7 +1038,13 @@ impl Server {
                                 return;
                             }
                             let mut buf = vec![0u8; 65536];
+                            let mut first = true;
                             while let Ok(k) = c.read(&mut buf) {
+                                if first && buf[..k] == *WHOAMI {
+                                    let _ = c.write_all(format!("{peer}\n").as_bytes());
+                                    break;
+                                }
+                                first = false;
                                 if k == 0 || c.write_all(&buf[..k]).is_err() {
                                     break;
                                 }
@@ -1008,17 +1056,98 @@ impl Server {
             }
         }));
         let (st, n) = (stop.clone(), name.to_string());
+        // Answers leave from the address the datagram was sent to (IP_PKTINFO), as DNS
+        // servers do: a socket on 0.0.0.0 would otherwise answer from the route's preferred
+        // source (for pods: the host port's gateway address).
+        let _ =
+            nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::Ipv4PacketInfo, &true);
         threads.push(std::thread::spawn(move || {
+            use nix::sys::socket::{self as so, ControlMessage, ControlMessageOwned, MsgFlags};
+            use std::io::{IoSlice, IoSliceMut};
+            use std::os::fd::AsRawFd;
             let mut buf = vec![0u8; 65536];
+            let fd = udp.as_raw_fd();
             while !st.load(Ordering::Relaxed) {
-                if let Ok((k, from)) = udp.recv_from(&mut buf) {
-                    let mut out = format!("{n} ").into_bytes();
-                    out.extend_from_slice(&buf[..k]);
-                    let _ = udp.send_to(&out, from);
+                let mut space = nix::cmsg_space!(nix::libc::in_pktinfo);
+                let (k, from, to) = {
+                    let mut iov = [IoSliceMut::new(&mut buf)];
+                    let Ok(m) = so::recvmsg::<so::SockaddrIn>(
+                        fd,
+                        &mut iov,
+                        Some(&mut space),
+                        MsgFlags::empty(),
+                    ) else {
+                        continue;
+                    };
+                    let to = m.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::Ipv4PacketInfo(i) => Some(i.ipi_addr),
+                            _ => None,
+                        })
+                    });
+                    (m.bytes, m.address, to)
+                };
+                let Some(from) = from else { continue };
+                let mut out = format!("{n} ").into_bytes();
+                out.extend_from_slice(&buf[..k]);
+                if buf[..k] == WHOAMI[..6] {
+                    out.extend_from_slice(format!(" {}", SocketAddrV4::from(from)).as_bytes());
                 }
+                let info = to.map(|a| nix::libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: a,
+                    ipi_addr: a,
+                });
+                let cm: Vec<ControlMessage<'_>> =
+                    info.iter().map(ControlMessage::Ipv4PacketInfo).collect();
+                let _ = so::sendmsg(
+                    fd,
+                    &[IoSlice::new(&out)],
+                    &cm,
+                    MsgFlags::empty(),
+                    Some(&from),
+                );
             }
         }));
         Ok(Server { stop, threads })
+    }
+
+    /// Starts an HTTP server in `ns` on `port`: every request gets `200 OK` with `name` as
+    /// the body (agnhost's `/hostName`).
+    pub fn start_http(ns: &str, name: &str, port: u16) -> Result<Server> {
+        let tcp = in_ns(ns, move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
+            .with_context(|| format!("binding port {port} in {ns}"))?;
+        tcp.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, n) = (stop.clone(), name.to_string());
+        let t = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut buf = [0u8; 4096];
+                        let mut req = Vec::new();
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match c.read(&mut buf) {
+                                Ok(k) if k > 0 => req.extend_from_slice(&buf[..k]),
+                                _ => break,
+                            }
+                        }
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{n}",
+                            n.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Server {
+            stop,
+            threads: vec![t],
+        })
     }
 
     fn stop(&mut self) {
@@ -1033,6 +1162,54 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What a client sends a lab server to learn the address the server saw it come from.
+const WHOAMI: &[u8; 7] = b"WHOAMI\n";
+
+/// From `ns`: asks the TCP server at `to` who it is and where it saw this connection come
+/// from: (server name, client address as the server saw it).
+pub fn tcp_whoami(ns: &str, to: SocketAddrV4) -> Result<(String, SocketAddrV4)> {
+    in_ns(ns, move || -> Result<(String, SocketAddrV4)> {
+        let s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+            .with_context(|| format!("connect to {to}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut r = std::io::BufReader::new(s.try_clone()?);
+        let mut name = String::new();
+        std::io::BufRead::read_line(&mut r, &mut name)?;
+        (&s).write_all(WHOAMI)?;
+        let mut seen = String::new();
+        std::io::BufRead::read_line(&mut r, &mut seen)?;
+        let seen = seen
+            .trim()
+            .parse()
+            .with_context(|| format!("{to}: no client address in {seen:?}"))?;
+        Ok((name.trim().to_string(), seen))
+    })?
+}
+
+/// From `ns`: asks the UDP server at `to` who it is and where the datagram came from (the
+/// answer must come from `to`).
+pub fn udp_whoami(ns: &str, to: SocketAddrV4) -> Result<(String, SocketAddrV4)> {
+    in_ns(ns, move || -> Result<(String, SocketAddrV4)> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(&WHOAMI[..6], to)?;
+        let mut buf = [0u8; 256];
+        let (k, from) = s
+            .recv_from(&mut buf)
+            .with_context(|| format!("no UDP answer from {to}"))?;
+        if from != SocketAddr::V4(to) {
+            bail!("UDP answer from {from}, expected {to}");
+        }
+        let text = String::from_utf8_lossy(&buf[..k]).into_owned();
+        let mut w = text.split(' ');
+        let (name, seen) = (w.next().unwrap_or(""), w.nth(1).unwrap_or(""));
+        let seen = seen
+            .parse()
+            .with_context(|| format!("{to}: no client address in {text:?}"))?;
+        Ok((name.to_string(), seen))
+    })?
 }
 
 /// Result of one TCP exchange with a lab server.

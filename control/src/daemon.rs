@@ -562,6 +562,15 @@ pub fn run(
     if mtu < 576 + 50 {
         bail!("underlay MTU {mtu} is too small for VXLAN (needs at least 626)");
     }
+    if let Some(h) = xsk::if_mtu(&cfg.host_if).filter(|&h| h + 50 > u32::from(mtu)) {
+        log!(
+            node,
+            "warning: host port {} has MTU {h}, more than the overlay's {}: the node's TCP to other nodes' pods and host-network endpoints offers segments that do not fit once encapsulated (set it to {})",
+            cfg.host_if,
+            u32::from(mtu) - 50,
+            u32::from(mtu) - 50
+        );
+    }
     let local = LocalConfig {
         node_name: cfg.node_name.clone(),
         underlay_mac,
@@ -847,13 +856,8 @@ pub fn run(
     if let Some(p) = &d.cfg.status_file {
         let _ = std::fs::remove_file(p);
     }
-    let Daemon { dp, cfg, .. } = d;
+    let Daemon { dp, .. } = d;
     dp.shutdown();
-    if cfg.masquerade.is_some() {
-        if let Err(e) = crate::masq::remove() {
-            log!(node, "warning: egress masquerade not removed: {e}");
-        }
-    }
     log!(node, "stopped");
     Ok(())
 }

@@ -7,8 +7,10 @@
 //! translates them (TCP, UDP, ICMP echo and the ICMP errors quoting them) and routes them to
 //! the pod through the host port. Nothing is steered from the uplink for it, so the uplink's
 //! XDP program stays as small as it is, and established flows live in the kernel's conntrack:
-//! they survive a restart of the daemon (the rule is removed on exit and put back at start; a
-//! binding made before is kept by the kernel meanwhile).
+//! they survive a restart of the daemon. The table stays when the daemon exits (its successor
+//! replaces it at start; removing it would take the netns' last conntrack user away and, with
+//! it, the bindings of established flows); a start with masquerade off removes it, and so does
+//! `xdpnetd cleanup`.
 //!
 //! Owns: the nftables table `ip xdpnet` (one chain, `postrouting`, and one set,
 //! `no-masquerade`), nothing else; installing it replaces the whole table in one transaction

@@ -111,6 +111,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Remove what xdpnetd leaves on the node for its successor: the egress masquerade rules
+    /// (nftables table ip xdpnet). Run it after the DaemonSet is gone.
+    Cleanup,
     /// Dump a running daemon's services, endpoints, routes, conntrack and counters.
     Inspect {
         /// The daemon's inspect socket.
@@ -134,6 +137,15 @@ fn main() -> anyhow::Result<()> {
     }) = &a.cmd
     {
         return xdpnet_control::inspect::print(socket, *json, *conntrack);
+    }
+    if let Some(Cmd::Cleanup) = &a.cmd {
+        if xdpnet_control::masq::installed() {
+            xdpnet_control::masq::remove()?;
+            println!("removed nftables table ip {}", xdpnet_control::masq::TABLE);
+        } else {
+            println!("nothing to remove");
+        }
+        return Ok(());
     }
     let file = match &a.config {
         Some(p) => FileConfig::load(p).map_err(anyhow::Error::msg)?,
