@@ -526,6 +526,39 @@ fn sig_network_conformance_behaviours_without_a_kubelet() {
             ]),
             "port 81: {b:?}"
         );
+        // One port number on two protocols.
+        let dual = Ipv4Addr::new(10, 96, 1, 11);
+        let mut objs = service(
+            "conf",
+            "ClusterIP",
+            vip,
+            &[
+                ("a", 80, POD_PORT, "TCP", None),
+                ("b", 81, 9090, "TCP", None),
+            ],
+            &[on(1), on(2)],
+            false,
+        );
+        objs.extend(service(
+            "dual",
+            "ClusterIP",
+            dual,
+            &[
+                ("t", 80, POD_PORT, "TCP", None),
+                ("u", 80, POD_PORT, "UDP", None),
+            ],
+            &[on(0), on(3)],
+            false,
+        ));
+        lab.extra_objects = objs;
+        publish(lab)?;
+        let want = BTreeSet::from([pods[0].name.clone(), pods[3].name.clone()]);
+        let t = servers(&pods[1].ns, SocketAddrV4::new(dual, 80), 20)?;
+        ensure!(t == want, "TCP 80: {t:?}");
+        let u: BTreeSet<String> = lab::udp_exchange(&pods[1].ns, SocketAddrV4::new(dual, 80), 20)?
+            .into_iter()
+            .collect();
+        ensure!(u == want, "UDP 80: {u:?}");
         // The client pod's address is preserved through a ClusterIP.
         let (_, seen) = lab::tcp_whoami(&pods[3].ns, SocketAddrV4::new(vip, 80))?;
         ensure!(*seen.ip() == pods[3].ip, "backend saw {seen}");

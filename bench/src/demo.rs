@@ -148,6 +148,8 @@ pub fn demo(args: &[String]) -> Result<()> {
     lab.serve_all()?;
     let node_ns = lab.nodes[0].ns.clone();
     lab.serve(&node_ns, "node-1 (kernel)", 2222)?;
+    let ext_ns = lab.ext_ns.clone();
+    lab.serve(&ext_ns, "outside", 8080)?;
     let r = demo_traffic(&lab, &stop);
     let ok = r.is_ok();
     if let Err(e) = &r {
@@ -248,6 +250,15 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
             n.dedup();
             n
         }
+    );
+    check(stop)?;
+    let outside = SocketAddrV4::new(lab.ext_ip, 8080);
+    let (_, seen) = lab::tcp_whoami(&a.ns, outside)?;
+    println!(
+        "  ok  {} -> {outside} (outside the cluster, no route to pods): it saw {} (masqueraded by {}'s kernel)",
+        a.name,
+        seen.ip(),
+        lab.nodes[a.node].name
     );
     check(stop)?;
     if let Some(b) = other {

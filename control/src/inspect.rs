@@ -99,11 +99,15 @@ pub fn render(v: &Value, conntrack: usize) -> String {
                 s(&x["node"]),
                 s(&x["pod_cidrs"]),
                 s(&x["underlay_ip"]),
+                s(&x["addresses"]),
                 s(&x["next_hop_mac"]),
             ]
         })
         .collect();
-    out += &table(&["NODE", "POD-CIDRS", "VTEP", "NEXT-HOP"], &rows);
+    out += &table(
+        &["NODE", "POD-CIDRS", "VTEP", "ADDRESSES", "NEXT-HOP"],
+        &rows,
+    );
     let ct = &v["conntrack"];
     out += &format!(
         "\nCONNTRACK ({} entries, first {conntrack})\n",
@@ -184,7 +188,7 @@ mod tests {
             "services": [{"name": "lab/web:80/TCP", "protocol": "TCP", "port": 80, "backends": ["10.244.1.10:8080", "10.244.2.10:8080"]}],
             "frontends": [{"name": "lab/web", "cluster_ips": ["10.96.0.10"], "node_ports": [30080], "load_balancer_ips": [], "external_ips": []}],
             "endpoints": [{"ip": "10.244.1.10", "mac": "02:00:0a:f4:01:0a", "port": 2}],
-            "routes": [{"node": "node-2", "pod_cidrs": ["10.244.2.0/24"], "underlay_ip": "198.18.0.12", "next_hop_mac": "aa:bb:cc:dd:ee:ff"}],
+            "routes": [{"node": "node-2", "pod_cidrs": ["10.244.2.0/24"], "underlay_ip": "198.18.0.12", "addresses": ["198.18.0.12", "198.19.0.12"], "next_hop_mac": "aa:bb:cc:dd:ee:ff"}],
             "conntrack": {"entries": 2, "shown": [{"protocol": "TCP", "from": "a", "to": "b"}]},
             "counters": [{"core": 0, "rx": 5, "tx": 4, "pipeline": {"encap": 1, "decap": 2, "drops": {"no_route": 1, "spoofed": 0}}}],
         });
@@ -193,7 +197,7 @@ mod tests {
             "node node-1  table generation 7",
             "lab/web:80/TCP  TCP    80    10.244.1.10:8080,10.244.2.10:8080",
             "10.244.1.10  02:00:0a:f4:01:0a  2",
-            "node-2  10.244.2.0/24  198.18.0.12  aa:bb:cc:dd:ee:ff",
+            "node-2  10.244.2.0/24  198.18.0.12  198.18.0.12,198.19.0.12  aa:bb:cc:dd:ee:ff",
             "CONNTRACK (2 entries, first 20)",
             "no_route=1",
         ] {

@@ -465,7 +465,7 @@ status: {addresses: [{type: Hostname, address: n1}, {type: InternalIP, address: 
 kind: Node
 metadata: {name: node-2}
 spec: {podCIDRs: [10.244.2.0/24, "fd00::/64"]}
-status: {addresses: [{type: InternalIP, address: 198.18.0.12}]}
+status: {addresses: [{type: InternalIP, address: 198.18.0.12}, {type: Hostname, address: n2}, {type: ExternalIP, address: 203.0.113.12}, {type: InternalIP, address: "fd00::12"}]}
 ---
 kind: Pod
 metadata: {name: a, namespace: demo, annotations: {xdpnet.io/interface: xnpod0, xdpnet.io/mac: "02:00:0a:f4:01:0a"}}
@@ -542,6 +542,16 @@ endpoints: [{addresses: [10.244.2.99]}]
             d.remotes[0].pod_cidrs,
             vec!["10.244.2.0/24".parse().expect("cidr")]
         );
+        // Every IPv4 address of the Node's status (names and IPv6 skipped).
+        assert_eq!(
+            d.remotes[0].addrs,
+            vec![
+                Ipv4Addr::new(198, 18, 0, 12),
+                Ipv4Addr::new(203, 0, 113, 12)
+            ]
+        );
+        assert_eq!(d.node.addrs, vec![Ipv4Addr::new(198, 18, 0, 11)]);
+        assert_eq!(d.node.host_masquerade_ip, Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(d.local_pods.len(), 1);
         assert_eq!(d.local_pods[0].ifname, "xnpod0");
         assert!(d.warnings.iter().any(|w| w.contains("demo/noann")));

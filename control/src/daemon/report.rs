@@ -148,6 +148,7 @@ impl Daemon {
                     "node": r.name, "underlay_ip": r.underlay_ip.to_string(),
                     "next_hop_mac": MacAddr(r.outer[0..6].try_into().unwrap_or([0; 6])).to_string(),
                     "pod_cidrs": r.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                    "addresses": r.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -172,6 +173,7 @@ impl Daemon {
             "frontends": frontends,
             "endpoints": endpoints,
             "routes": routes,
+            "node_addresses": fib.node().addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "conntrack": {"entries": total, "shown": ct},
             "counters": self.status()["workers"],
         })
