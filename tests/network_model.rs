@@ -7,7 +7,7 @@
 //! overlay injection from pods. Then the behaviours of upstream `[sig-network]` Conformance
 //! tests that need no kubelet (tests/README.md maps them to their upstream names).
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -446,30 +446,21 @@ fn sig_network_conformance_behaviours_without_a_kubelet() {
         for p in &pods {
             lab.serve_http(&p.ns, &p.name, 8081)?;
         }
+        let clients: Vec<(String, String)> = [&n1, &n2]
+            .iter()
+            .map(|n| (n.name.clone(), n.ns.clone()))
+            .chain(pods.iter().map(|q| (q.name.clone(), q.ns.clone())))
+            .collect();
         for p in &pods {
-            for n in [&n1, &n2] {
-                let (code, body) =
-                    lab::http_get(&n.ns, SocketAddrV4::new(p.ip, 8081), "/hostName")?;
+            for (who, ns) in &clients {
+                let (code, body) = lab::http_get(ns, SocketAddrV4::new(p.ip, 8081), "/hostName")?;
                 ensure!(
                     (code, body.as_str()) == (200, p.name.as_str()),
-                    "{} -> {}: {code} {body}",
-                    n.name,
+                    "{who} -> {}: {code} {body}",
                     p.name
                 );
-                let names = lab::udp_exchange(&n.ns, SocketAddrV4::new(p.ip, POD_PORT), 2)?;
-                ensure!(names.iter().all(|x| *x == p.name));
-            }
-            for q in &pods {
-                let (code, body) =
-                    lab::http_get(&q.ns, SocketAddrV4::new(p.ip, 8081), "/hostName")?;
-                ensure!(
-                    (code, body.as_str()) == (200, p.name.as_str()),
-                    "{} -> {}",
-                    q.name,
-                    p.name
-                );
-                let names = lab::udp_exchange(&q.ns, SocketAddrV4::new(p.ip, POD_PORT), 2)?;
-                ensure!(names.iter().all(|x| *x == p.name));
+                let names = lab::udp_exchange(ns, SocketAddrV4::new(p.ip, POD_PORT), 2)?;
+                ensure!(names.iter().all(|x| *x == p.name), "{who}: {names:?}");
             }
         }
 
@@ -501,7 +492,7 @@ fn sig_network_conformance_behaviours_without_a_kubelet() {
             servers(&pods[0].ns, SocketAddrV4::new(vip, 80), 5)?
                 == BTreeSet::from([pods[2].name.clone()])
         );
-        lab.extra_objects = service(
+        let multiport = service(
             "conf",
             "ClusterIP",
             vip,
@@ -512,6 +503,7 @@ fn sig_network_conformance_behaviours_without_a_kubelet() {
             &[on(1), on(2)],
             false,
         );
+        lab.extra_objects = multiport.clone();
         publish(lab)?;
         let a = servers(&pods[0].ns, SocketAddrV4::new(vip, 80), 30)?;
         let b = servers(&pods[0].ns, SocketAddrV4::new(vip, 81), 30)?;
@@ -528,17 +520,7 @@ fn sig_network_conformance_behaviours_without_a_kubelet() {
         );
         // One port number on two protocols.
         let dual = Ipv4Addr::new(10, 96, 1, 11);
-        let mut objs = service(
-            "conf",
-            "ClusterIP",
-            vip,
-            &[
-                ("a", 80, POD_PORT, "TCP", None),
-                ("b", 81, 9090, "TCP", None),
-            ],
-            &[on(1), on(2)],
-            false,
-        );
+        let mut objs = multiport;
         objs.extend(service(
             "dual",
             "ClusterIP",
@@ -592,26 +574,30 @@ fn sig_network_conformance_behaviours_without_a_kubelet() {
             }
         }
 
-        // Type ClusterIP -> NodePort -> ClusterIP.
+        // Type ClusterIP -> NodePort -> ClusterIP; then deleted and recreated.
+        let plain = |ty: &str, np: Option<u16>| {
+            service(
+                "conf",
+                ty,
+                vip,
+                &[("a", 80, POD_PORT, "TCP", np)],
+                &all,
+                false,
+            )
+        };
+        let via_cluster_ip = |ns: &str| -> Result<()> {
+            let x = lab::tcp_exchange(ns, cip, 100)?;
+            ensure!(x.server.starts_with("pod-"), "{}", x.server);
+            Ok(())
+        };
         for (ty, np_port) in [
             ("ClusterIP", None),
             ("NodePort", Some(30091)),
             ("ClusterIP", None),
         ] {
-            lab.extra_objects = service(
-                "conf",
-                ty,
-                vip,
-                &[("a", 80, POD_PORT, "TCP", np_port)],
-                &all,
-                false,
-            );
+            lab.extra_objects = plain(ty, np_port);
             publish(lab)?;
-            ensure!(
-                lab::tcp_exchange(&pods[0].ns, cip, 100)?
-                    .server
-                    .starts_with("pod-")
-            );
+            via_cluster_ip(&pods[0].ns)?;
             for n in [&n1, &n2] {
                 let to = SocketAddrV4::new(n.ip, 30091);
                 if np_port.is_some() {
@@ -624,27 +610,13 @@ fn sig_network_conformance_behaviours_without_a_kubelet() {
             }
         }
 
-        // Deleted and recreated.
         lab.extra_objects.clear();
         publish(lab)?;
         ensure!(unreachable(&pods[0].ns, cip)?, "deleted service answers");
-        lab.extra_objects = service(
-            "conf",
-            "ClusterIP",
-            vip,
-            &[("a", 80, POD_PORT, "TCP", None)],
-            &all,
-            false,
-        );
+        lab.extra_objects = plain("ClusterIP", None);
         publish(lab)?;
-        ensure!(
-            lab::tcp_exchange(&pods[0].ns, cip, 100)?
-                .server
-                .starts_with("pod-")
-        );
-        if servers(&pods[0].ns, cip, 1)?.is_empty() {
-            bail!("recreated service silent");
-        }
+        via_cluster_ip(&pods[0].ns)?;
+        via_cluster_ip(&pods[3].ns).context("recreated service from the other node")?;
         Ok(())
     });
 }

@@ -1192,17 +1192,7 @@ pub fn tcp_whoami(ns: &str, to: SocketAddrV4) -> Result<(String, SocketAddrV4)> 
 /// answer must come from `to`).
 pub fn udp_whoami(ns: &str, to: SocketAddrV4) -> Result<(String, SocketAddrV4)> {
     in_ns(ns, move || -> Result<(String, SocketAddrV4)> {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.send_to(&WHOAMI[..6], to)?;
-        let mut buf = [0u8; 256];
-        let (k, from) = s
-            .recv_from(&mut buf)
-            .with_context(|| format!("no UDP answer from {to}"))?;
-        if from != SocketAddr::V4(to) {
-            bail!("UDP answer from {from}, expected {to}");
-        }
-        let text = String::from_utf8_lossy(&buf[..k]).into_owned();
+        let text = udp_ask(to, &WHOAMI[..6])?;
         let mut w = text.split(' ');
         let (name, seen) = (w.next().unwrap_or(""), w.nth(1).unwrap_or(""));
         let seen = seen
@@ -1297,18 +1287,8 @@ pub fn udp_exchange(ns: &str, to: SocketAddrV4, n: usize) -> Result<Vec<String>>
     in_ns(ns, move || -> Result<Vec<String>> {
         let mut names = Vec::new();
         for i in 0..n {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
             let msg = format!("xdpnet-udp-{i}");
-            s.send_to(msg.as_bytes(), to)?;
-            let mut buf = [0u8; 256];
-            let (k, from) = s
-                .recv_from(&mut buf)
-                .with_context(|| format!("no UDP answer from {to} to datagram {i}"))?;
-            if from != SocketAddr::V4(to) {
-                bail!("UDP answer from {from}, expected {to}");
-            }
-            let text = String::from_utf8_lossy(&buf[..k]).into_owned();
+            let text = udp_ask(to, msg.as_bytes()).with_context(|| format!("datagram {i}"))?;
             let (name, echo) = text.split_once(' ').unwrap_or(("", ""));
             if echo != msg {
                 bail!("UDP echo {echo:?} != {msg:?}");
@@ -1317,6 +1297,22 @@ pub fn udp_exchange(ns: &str, to: SocketAddrV4, n: usize) -> Result<Vec<String>>
         }
         Ok(names)
     })?
+}
+
+/// Sends `msg` from a fresh socket (in the calling thread's namespace) and returns the one
+/// answer, which must come from `to`.
+fn udp_ask(to: SocketAddrV4, msg: &[u8]) -> Result<String> {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.send_to(msg, to)?;
+    let mut buf = [0u8; 256];
+    let (k, from) = s
+        .recv_from(&mut buf)
+        .with_context(|| format!("no UDP answer from {to}"))?;
+    if from != SocketAddr::V4(to) {
+        bail!("UDP answer from {from}, expected {to}");
+    }
+    Ok(String::from_utf8_lossy(&buf[..k]).into_owned())
 }
 
 /// `ping -c count` from `ns`.
