@@ -730,22 +730,16 @@ impl Pipeline {
             eth.set_src(node.gateway_mac);
             return Verdict::Tx(ep.port);
         }
-        if let Some(remote) = fib.route(dst) {
+        // Another node's pod, or one of its addresses (the table never lists one of ours as
+        // another node's).
+        if let Some(remote) = fib.route(dst).or_else(|| fib.node_by_addr(dst)) {
             if decapped {
                 return Verdict::Drop(DropReason::NoRoute);
             }
             return self.encap(fib, p, remote, hash);
         }
-        if !fib.is_own_addr(dst) {
-            if let Some(remote) = fib.node_by_addr(dst) {
-                if decapped {
-                    return Verdict::Drop(DropReason::NoRoute);
-                }
-                return self.encap(fib, p, remote, hash);
-            }
-            if node.cluster_cidr.contains_u32(dst) || decapped {
-                return Verdict::Drop(DropReason::NoRoute);
-            }
+        if (decapped || node.cluster_cidr.contains_u32(dst)) && !fib.is_own_addr(dst) {
+            return Verdict::Drop(DropReason::NoRoute);
         }
         if from_host {
             return Verdict::Drop(DropReason::NoRoute);
@@ -765,8 +759,8 @@ impl Pipeline {
     fn routes_to_host(fib: &Fib, dst: u32) -> bool {
         fib.endpoint(dst).is_none()
             && fib.route(dst).is_none()
-            && (fib.is_own_addr(dst) || fib.node_by_addr(dst).is_none())
-            && !fib.node().cluster_cidr.contains_u32(dst)
+            && fib.node_by_addr(dst).is_none()
+            && (fib.is_own_addr(dst) || !fib.node().cluster_cidr.contains_u32(dst))
     }
 
     fn encap(

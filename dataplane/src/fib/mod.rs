@@ -465,6 +465,9 @@ struct SvcIndex {
     by_addr: crate::hash::FlatMap,
     /// (node port, proto) -> lb index
     by_node_port: IntMap<u32, u32>,
+    /// The lowest and highest NodePort in use (`(1, 0)` when none): most packets are for
+    /// other ports and skip the NodePort probe with two compares.
+    node_ports: (u16, u16),
     /// Every service address (for ICMP echo).
     vips: IntMap<u32, ()>,
 }
@@ -514,7 +517,7 @@ impl Fib {
         self.endpoints.eps.iter()
     }
     /// The remote node whose pod CIDR holds `ip`.
-    #[inline]
+    #[inline(always)]
     pub fn route(&self, ip: u32) -> Option<&RemoteNode> {
         let i = match self.remotes.dense.as_ref().and_then(|d| d.lookup(ip)) {
             Some(hit) => hit?,
@@ -559,11 +562,21 @@ impl Fib {
     }
 
     /// [`Fib::service`] as a small copyable handle into this snapshot: `index << 1 | external`.
-    #[inline]
+    #[inline(always)]
     pub fn service_ref(&self, ip: u32, port: u16, proto: u8) -> Option<u32> {
         if let Some(v) = self.index.by_addr.get(svc_key(ip, port, proto)) {
             return Some(v);
         }
+        let (lo, hi) = self.index.node_ports;
+        if port < lo || port > hi {
+            return None;
+        }
+        self.node_port_ref(ip, port, proto)
+    }
+
+    /// The NodePort part of [`Fib::service_ref`], out of line: most packets never get here.
+    #[inline(never)]
+    fn node_port_ref(&self, ip: u32, port: u16, proto: u8) -> Option<u32> {
         let v = *self
             .index
             .by_node_port
@@ -1038,7 +1051,10 @@ impl FibBuilder {
         services: &mut BTreeMap<String, SvcEntry>,
     ) -> (Vec<Arc<Lb>>, SvcIndex, Vec<BuildError>) {
         let mut lbs = Vec::new();
-        let mut index = SvcIndex::default();
+        let mut index = SvcIndex {
+            node_ports: (1, 0),
+            ..SvcIndex::default()
+        };
         let mut by_addr: Vec<(u64, u32)> = Vec::new();
         let mut warnings = Vec::new();
         let mut owner: IntMap<u64, String> = IntMap::default();
@@ -1094,6 +1110,11 @@ impl FibBuilder {
                     }
                     np_owner.insert(key, e.spec.name.clone());
                     index.by_node_port.insert(key, li);
+                    index.node_ports = if index.node_ports.0 > index.node_ports.1 {
+                        (np, np)
+                    } else {
+                        (index.node_ports.0.min(np), index.node_ports.1.max(np))
+                    };
                 }
             }
             lbs.extend(e.built.iter().cloned());
