@@ -18,7 +18,6 @@
 //! lab left running by `lab up`, found by its prefix.
 
 use anyhow::{Context, Result, bail};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -197,6 +196,8 @@ pub struct LabNode {
     pub log: PathBuf,
     /// Core its worker is pinned to.
     pub core: usize,
+    /// More addresses (on its `lo`, and ExternalIPs in its Node status).
+    pub extra_addrs: Vec<Ipv4Addr>,
 }
 
 /// One pod.
@@ -300,9 +301,6 @@ pub struct Lab {
     /// More objects for the state file, each one YAML document (Services, EndpointSlices,
     /// NetworkPolicies... as `kubectl get -o yaml` prints them), written after the lab's own.
     pub extra_objects: Vec<String>,
-    /// More addresses of each node (index into `nodes`): on the node's `lo`, and in its Node
-    /// status as ExternalIP.
-    pub node_addrs: BTreeMap<usize, Vec<Ipv4Addr>>,
     daemons: Vec<Option<Child>>,
     servers: Vec<Server>,
     bin_dir: PathBuf,
@@ -361,7 +359,6 @@ impl Lab {
             services: Vec::new(),
             absent: Default::default(),
             extra_objects: Vec::new(),
-            node_addrs: BTreeMap::new(),
             daemons: Vec::new(),
             servers: Vec::new(),
             bin_dir: spec.bin_dir.clone(),
@@ -384,6 +381,7 @@ impl Lab {
                 status: dir.join(format!("{name}.status.json")),
                 log: dir.join(format!("{name}.log")),
                 core: (i - 1) % ncpu,
+                extra_addrs: Vec::new(),
                 name,
             });
             for j in 0..spec.pods_per_node {
@@ -619,7 +617,7 @@ impl Lab {
                 i + 1,
                 n.ip
             );
-            for a in self.node_addrs.get(&i).into_iter().flatten() {
+            for a in &n.extra_addrs {
                 let _ = writeln!(y, "  - {{type: ExternalIP, address: {a}}}");
             }
         }
@@ -695,7 +693,7 @@ impl Lab {
     pub fn add_node_address(&mut self, n: usize, addr: Ipv4Addr) -> Result<()> {
         let ns = self.nodes[n].ns.clone();
         ip(&["-n", &ns, "addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
-        self.node_addrs.entry(n).or_default().push(addr);
+        self.nodes[n].extra_addrs.push(addr);
         Ok(())
     }
 

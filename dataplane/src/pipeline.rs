@@ -32,7 +32,7 @@
 
 use crate::conntrack::{self, Conntrack, Tuple, flags as ctf};
 use crate::counters::{Counters, DropReason};
-use crate::fib::{ENCAP_LEN, Fib, PortId, PortKind};
+use crate::fib::{ENCAP_LEN, Fib, NextHop, PortId, PortKind};
 use crate::hash::flow_hash;
 use crate::packet::Packet;
 use crate::wire::{
@@ -620,7 +620,9 @@ impl Pipeline {
         // the cluster) sees the host as a client of its own, or an outside client whose
         // replies would bypass us: both are masqueraded to the host masquerade address.
         let mut masq_ip = node.masquerade_ip;
-        if (masq || !matches!(kind, PortKind::Pod { .. })) && Self::routes_to_host(fib, bip) {
+        if (masq || !matches!(kind, PortKind::Pod { .. }))
+            && matches!(fib.next_hop(bip), NextHop::Host | NextHop::Outside)
+        {
             masq = true;
             masq_ip = node.host_masquerade_ip;
         }
@@ -721,25 +723,22 @@ impl Pipeline {
         hash: u64,
     ) -> Verdict {
         let node = fib.node();
-        if let Some(ep) = fib.endpoint(dst) {
-            if !dec_ttl(p.data_mut()) {
-                return Verdict::Drop(DropReason::TtlExceeded);
+        match fib.next_hop(dst) {
+            NextHop::Pod(ep) => {
+                if !dec_ttl(p.data_mut()) {
+                    return Verdict::Drop(DropReason::TtlExceeded);
+                }
+                let mut eth = EthernetFrame::new_unchecked(p.data_mut());
+                eth.set_dst(ep.mac);
+                eth.set_src(node.gateway_mac);
+                return Verdict::Tx(ep.port);
             }
-            let mut eth = EthernetFrame::new_unchecked(p.data_mut());
-            eth.set_dst(ep.mac);
-            eth.set_src(node.gateway_mac);
-            return Verdict::Tx(ep.port);
-        }
-        // Another node's pod, or one of its addresses (the table never lists one of ours as
-        // another node's).
-        if let Some(remote) = fib.route(dst).or_else(|| fib.node_by_addr(dst)) {
-            if decapped {
+            NextHop::Node(_) | NextHop::Outside | NextHop::Nowhere if decapped => {
                 return Verdict::Drop(DropReason::NoRoute);
             }
-            return self.encap(fib, p, remote, hash);
-        }
-        if (decapped || node.cluster_cidr.contains_u32(dst)) && !fib.is_own_addr(dst) {
-            return Verdict::Drop(DropReason::NoRoute);
+            NextHop::Node(remote) => return self.encap(fib, p, remote, hash),
+            NextHop::Nowhere => return Verdict::Drop(DropReason::NoRoute),
+            NextHop::Host | NextHop::Outside => {}
         }
         if from_host {
             return Verdict::Drop(DropReason::NoRoute);
@@ -751,16 +750,6 @@ impl Pipeline {
         eth.set_dst(node.host_mac);
         eth.set_src(node.gateway_mac);
         Verdict::Tx(node.host_port)
-    }
-
-    /// True when a translated packet to `dst` would be handed to this node's kernel (a
-    /// backend on a node address of ours, or outside the cluster).
-    #[inline]
-    fn routes_to_host(fib: &Fib, dst: u32) -> bool {
-        fib.endpoint(dst).is_none()
-            && fib.route(dst).is_none()
-            && fib.node_by_addr(dst).is_none()
-            && (fib.is_own_addr(dst) || !fib.node().cluster_cidr.contains_u32(dst))
     }
 
     fn encap(

@@ -137,7 +137,7 @@ pub struct RemoteNodeSpec {
     pub next_hop_mac: MacAddr,
     /// Its pod CIDRs.
     pub pod_cidrs: Vec<Ipv4Net>,
-    /// Its addresses besides `underlay_ip` (ExternalIP, more InternalIPs): routed to it
+    /// Its addresses (InternalIPs, ExternalIPs; `underlay_ip` may be among them): routed to it
     /// through the overlay, and accepted as inner sources from it.
     pub addrs: Vec<Ipv4Addr>,
 }
@@ -465,7 +465,7 @@ struct SvcIndex {
     by_addr: crate::hash::FlatMap,
     /// (node port, proto) -> lb index
     by_node_port: IntMap<u32, u32>,
-    /// The lowest and highest NodePort in use (`(1, 0)` when none): most packets are for
+    /// The lowest and highest NodePort in use (`(u16::MAX, 0)` when none): most packets are for
     /// other ports and skip the NodePort probe with two compares.
     node_ports: (u16, u16),
     /// Every service address (for ICMP echo).
@@ -536,6 +536,27 @@ impl Fib {
     pub fn node_by_addr(&self, ip: u32) -> Option<&RemoteNode> {
         let i = *self.remotes.by_addr.get(&ip)?;
         self.remotes.nodes.get(i as usize)
+    }
+    /// Where a packet to `ip` goes, as far as the table knows: the one place that tells pods,
+    /// other nodes, this node and the outside world apart (routing and the masquerade decision
+    /// of new service flows both ask it).
+    #[inline(always)]
+    pub fn next_hop(&self, ip: u32) -> NextHop<'_> {
+        if let Some(ep) = self.endpoint(ip) {
+            return NextHop::Pod(ep);
+        }
+        // Another node's pod, or one of its addresses (the builder never lists one of ours as
+        // another node's).
+        if let Some(r) = self.route(ip).or_else(|| self.node_by_addr(ip)) {
+            return NextHop::Node(r);
+        }
+        if self.is_own_addr(ip) {
+            NextHop::Host
+        } else if self.node.cluster_cidr.contains_u32(ip) {
+            NextHop::Nowhere
+        } else {
+            NextHop::Outside
+        }
     }
     /// True when `ip` is one of this node's own addresses (or its gateway address).
     #[inline]
@@ -611,6 +632,21 @@ impl Fib {
     pub fn lbs(&self) -> &[Arc<Lb>] {
         &self.lbs
     }
+}
+
+/// Where a packet goes ([`Fib::next_hop`]).
+#[derive(Debug, Clone, Copy)]
+pub enum NextHop<'a> {
+    /// A pod of this node.
+    Pod(&'a Endpoint),
+    /// Another node (one of its pods or addresses): through the overlay.
+    Node(&'a RemoteNode),
+    /// One of this node's own addresses: its kernel, through the host port.
+    Host,
+    /// Outside the cluster: the node's kernel sends it on (masqueraded).
+    Outside,
+    /// Inside the cluster's pod CIDR, but no pod or node has it.
+    Nowhere,
 }
 
 /// Why a table could not be built.
@@ -1052,7 +1088,7 @@ impl FibBuilder {
     ) -> (Vec<Arc<Lb>>, SvcIndex, Vec<BuildError>) {
         let mut lbs = Vec::new();
         let mut index = SvcIndex {
-            node_ports: (1, 0),
+            node_ports: (u16::MAX, 0),
             ..SvcIndex::default()
         };
         let mut by_addr: Vec<(u64, u32)> = Vec::new();
@@ -1110,11 +1146,8 @@ impl FibBuilder {
                     }
                     np_owner.insert(key, e.spec.name.clone());
                     index.by_node_port.insert(key, li);
-                    index.node_ports = if index.node_ports.0 > index.node_ports.1 {
-                        (np, np)
-                    } else {
-                        (index.node_ports.0.min(np), index.node_ports.1.max(np))
-                    };
+                    let (lo, hi) = index.node_ports;
+                    index.node_ports = (lo.min(np), hi.max(np));
                 }
             }
             lbs.extend(e.built.iter().cloned());
