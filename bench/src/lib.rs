@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compare;
-pub mod control;
+pub mod control_bench;
 pub mod lab;
 pub mod loadgen;
 pub mod workload;

@@ -197,7 +197,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn control(args: &[String]) -> Result<()> {
-    use xdpnet_bench::control::{Shape, pct, run};
+    use xdpnet_bench::control_bench::{Shape, pct, run};
     let mut shape = Shape {
         services: 10_000,
         endpoints: 10,

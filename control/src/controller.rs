@@ -1,22 +1,29 @@
-//! The control core, without I/O: cluster-state events in, an up-to-date [`FibBuilder`] out.
+//! The control core, without I/O: cluster-state events in, tables out. The one writer of the
+//! table builder.
 //!
 //! The same for every source (file, Kubernetes). It keeps the objects ([`ClusterState`]) and
 //! what was derived from them, and on each batch of events recomputes only what they touched:
 //! one service's spec when that Service or one of its EndpointSlices changed (so an unchanged
 //! service keeps its Maglev tables in the builder), the node facts and other nodes when a Node
-//! changed, this node's pods when a Pod changed. Endpoints (which need port ids) and other
-//! nodes (which need next-hop MACs) are put into the builder by the daemon, which owns ports and
-//! neighbours.
+//! changed, this node's pods when a Pod changed. What the objects cannot say comes from the
+//! daemon through this API, never by writing into the builder: the attached pods with their
+//! port ids ([`Controller::set_endpoints`]) and the other nodes' next-hop MACs
+//! ([`Controller::set_next_hops`]). [`Controller::build`] makes a table when anything in it
+//! changed; the daemon publishes it.
 
 use crate::state::{ClusterState, Dirty, Event, Kind};
-use crate::translate::{self, LocalConfig, LocalPod, RemoteNode, TranslateError};
+use crate::translate::{self, LocalConfig, LocalPod, OtherNode, TranslateError};
 use std::collections::BTreeMap;
-use xdpnet_dataplane::fib::{FibBuilder, NodeFacts, ServiceSpec};
+use std::net::Ipv4Addr;
+use xdpnet_dataplane::fib::{
+    BuildError, BuildWarning, Endpoint, Fib, FibBuilder, NodeFacts, RemoteNodeSpec, ServiceSpec,
+};
+use xdpnet_dataplane::wire::MacAddr;
 
 /// A service's key, its spec (None: it has none) and the warnings of its translation.
 type Translated = (String, Option<ServiceSpec>, Vec<String>);
 
-/// What a refresh changed besides services (already in the builder).
+/// What a refresh changed besides services.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Node facts or the other nodes changed.
@@ -33,10 +40,8 @@ pub struct Controller {
     local: LocalConfig,
     state: ClusterState,
     builder: FibBuilder,
-    node: NodeFacts,
-    remotes: Vec<RemoteNode>,
+    remotes: Vec<OtherNode>,
     local_pods: Vec<LocalPod>,
-    specs: BTreeMap<String, ServiceSpec>,
     svc_warnings: BTreeMap<String, Vec<String>>,
     node_warnings: Vec<String>,
     pod_warnings: Vec<String>,
@@ -49,13 +54,11 @@ impl Controller {
     pub fn new(local: LocalConfig, state: ClusterState) -> Result<Self, TranslateError> {
         let node = translate::node_facts(&state, &local)?;
         let mut c = Self {
-            builder: FibBuilder::new(node.clone()),
-            node,
+            builder: FibBuilder::new(node),
             local,
             state,
             remotes: Vec::new(),
             local_pods: Vec::new(),
-            specs: BTreeMap::new(),
             svc_warnings: BTreeMap::new(),
             node_warnings: Vec::new(),
             pod_warnings: Vec::new(),
@@ -65,15 +68,21 @@ impl Controller {
         c.pending.nodes = true;
         c.pending.pods = true;
         c.refresh();
-        // Every service at once: translate on all cores (read-only over the objects), then hand
-        // the specs to the builder in order.
-        let keys: Vec<&String> = c.state.services.keys().collect();
+        for (key, spec, w) in c.translate_all() {
+            c.put_service(&key, spec, w);
+        }
+        Ok(c)
+    }
+
+    /// Every service at once: translated on all cores (read-only over the objects).
+    fn translate_all(&self) -> Vec<Translated> {
+        let keys: Vec<&String> = self.state.services.keys().collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(8);
         let chunk = keys.len().div_ceil(threads).max(1);
-        let st = &c.state;
-        let done: Vec<Vec<Translated>> = std::thread::scope(|sc| {
+        let st = &self.state;
+        std::thread::scope(|sc| {
             let hs: Vec<_> = keys
                 .chunks(chunk)
                 .map(|part| {
@@ -84,28 +93,35 @@ impl Controller {
                                 let spec = translate::service_spec(st, k, &mut w);
                                 ((*k).clone(), spec, w)
                             })
-                            .collect()
+                            .collect::<Vec<Translated>>()
                     })
                 })
                 .collect();
             hs.into_iter()
-                .map(|h| h.join().unwrap_or_default())
+                .flat_map(|h| h.join().unwrap_or_default())
                 .collect()
-        });
-        for (key, spec, mut w) in done.into_iter().flatten() {
-            if let Some(spec) = spec {
-                match c.builder.upsert_service(spec.clone()) {
-                    Ok(()) => {
-                        c.specs.insert(key.clone(), spec);
-                    }
-                    Err(e) => w.push(format!("service {key}: {e}")),
+        })
+    }
+
+    /// Puts a service's translation into the builder; true when its spec changed.
+    fn put_service(&mut self, key: &str, spec: Option<ServiceSpec>, mut w: Vec<String>) -> bool {
+        let changed = match spec {
+            Some(spec) if self.builder.service(key) == Some(&spec) => false,
+            Some(spec) => {
+                if let Err(e) = self.builder.upsert_service(spec) {
+                    w.push(format!("service {key}: {e}"));
+                    self.builder.remove_service(key);
                 }
+                true
             }
-            if !w.is_empty() {
-                c.svc_warnings.insert(key, w);
-            }
+            None => self.builder.remove_service(key),
+        };
+        if w.is_empty() {
+            self.svc_warnings.remove(key);
+        } else {
+            self.svc_warnings.insert(key.to_string(), w);
         }
-        Ok(c)
+        changed
     }
 
     /// Applies an event to the objects (derived state waits for [`Controller::refresh`]).
@@ -120,11 +136,6 @@ impl Controller {
         self.pending.services.extend(d.services);
     }
 
-    /// True when events are waiting for a refresh.
-    pub fn is_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Recomputes what the pending events touched and updates the builder's services and node.
     pub fn refresh(&mut self) -> Changes {
         let d = std::mem::take(&mut self.pending);
@@ -132,9 +143,8 @@ impl Controller {
         if d.nodes {
             match translate::node_facts(&self.state, &self.local) {
                 Ok(n) => {
-                    if n != self.node {
-                        self.builder.set_node(n.clone());
-                        self.node = n;
+                    if n != *self.builder.node() {
+                        self.builder.set_node(n);
                         ch.nodes = true;
                     }
                     self.node_warnings.clear();
@@ -163,41 +173,74 @@ impl Controller {
         for key in &d.services {
             let mut w = Vec::new();
             let spec = translate::service_spec(&self.state, key, &mut w);
-            match spec {
-                Some(spec) => {
-                    if self.specs.get(key) != Some(&spec) {
-                        match self.builder.upsert_service(spec.clone()) {
-                            Ok(()) => {
-                                self.specs.insert(key.clone(), spec);
-                            }
-                            Err(e) => {
-                                w.push(format!("service {key}: {e}"));
-                                self.builder.remove_service(key);
-                                self.specs.remove(key);
-                            }
-                        }
-                        ch.services += 1;
-                    }
-                }
-                None => {
-                    if self.specs.remove(key).is_some() {
-                        self.builder.remove_service(key);
-                        ch.services += 1;
-                    }
-                }
-            }
-            if w.is_empty() {
-                self.svc_warnings.remove(key);
-            } else {
-                self.svc_warnings.insert(key.clone(), w);
-            }
+            ch.services += usize::from(self.put_service(key, spec, w));
         }
         ch
     }
 
-    /// The builder (the daemon adds endpoints and other nodes, and builds).
-    pub fn builder(&mut self) -> &mut FibBuilder {
-        &mut self.builder
+    /// The other nodes' next hops (underlay address -> MAC, the kernel's neighbour table): the
+    /// nodes whose next hop is known go into the table, the others wait. Returns those.
+    pub fn set_next_hops(&mut self, neigh: &BTreeMap<Ipv4Addr, MacAddr>) -> Vec<&OtherNode> {
+        let mut routable: BTreeMap<&str, RemoteNodeSpec> = BTreeMap::new();
+        let mut unresolved = Vec::new();
+        for r in &self.remotes {
+            match neigh.get(&r.underlay_ip) {
+                Some(&mac) => {
+                    routable.insert(
+                        &r.name,
+                        RemoteNodeSpec {
+                            name: r.name.clone(),
+                            underlay_ip: r.underlay_ip,
+                            next_hop_mac: mac,
+                            pod_cidrs: r.pod_cidrs.clone(),
+                            addrs: r.addrs.clone(),
+                        },
+                    );
+                }
+                None => unresolved.push(r),
+            }
+        }
+        for n in self.builder.remote_names() {
+            if !routable.contains_key(n.as_str()) {
+                self.builder.remove_node(&n);
+            }
+        }
+        for r in routable.into_values() {
+            self.builder.upsert_node(r);
+        }
+        unresolved
+    }
+
+    /// This node's attached pods (the daemon knows their ports): exactly these are the table's
+    /// local endpoints. Returns those the table refused, with why.
+    pub fn set_endpoints(
+        &mut self,
+        eps: impl IntoIterator<Item = Endpoint>,
+    ) -> Vec<(Endpoint, BuildError)> {
+        let want: BTreeMap<Ipv4Addr, Endpoint> = eps.into_iter().map(|e| (e.ip, e)).collect();
+        for ip in self.builder.endpoint_ips() {
+            if !want.contains_key(&ip) {
+                self.builder.remove_endpoint(ip);
+            }
+        }
+        want.into_values()
+            .filter_map(|ep| self.builder.upsert_endpoint(ep).err().map(|e| (ep, e)))
+            .collect()
+    }
+
+    /// A new table when anything in it changed since the last one, else None.
+    pub fn build(&mut self) -> Option<Fib> {
+        self.builder.is_dirty().then(|| self.builder.build())
+    }
+
+    /// A new table whatever changed (benchmarks, tests).
+    pub fn build_now(&mut self) -> Fib {
+        self.builder.build()
+    }
+
+    /// What the last rebuild of the service index skipped.
+    pub fn build_warnings(&self) -> &[BuildWarning] {
+        self.builder.warnings()
     }
 
     /// The objects.
@@ -207,27 +250,27 @@ impl Controller {
 
     /// This node's facts.
     pub fn node(&self) -> &NodeFacts {
-        &self.node
+        self.builder.node()
     }
 
-    /// The other nodes.
-    pub fn remotes(&self) -> &[RemoteNode] {
+    /// The other nodes, as the objects describe them.
+    pub fn remotes(&self) -> &[OtherNode] {
         &self.remotes
     }
 
-    /// This node's pods.
+    /// This node's pods wired by annotation.
     pub fn local_pods(&self) -> &[LocalPod] {
         &self.local_pods
     }
 
     /// Current service specs.
     pub fn specs(&self) -> impl Iterator<Item = &ServiceSpec> {
-        self.specs.values()
+        self.builder.service_specs()
     }
 
     /// Number of service specs.
     pub fn service_count(&self) -> usize {
-        self.specs.len()
+        self.builder.service_count()
     }
 
     /// Objects changed so far, per kind.
@@ -235,7 +278,7 @@ impl Controller {
         &self.changed
     }
 
-    /// Everything skipped, with why.
+    /// Objects skipped by translation, with why.
     pub fn warnings(&self) -> Vec<String> {
         self.node_warnings
             .iter()

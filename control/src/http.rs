@@ -1,12 +1,12 @@
 //! The daemon's small servers: metrics and health over HTTP, inspection over a unix socket.
 //!
-//! Both serve what the control loop last rendered into [`Shared`] (refreshed every second and
+//! Both serve what the control loop last rendered into [`LoopView`] (refreshed every second and
 //! after each publish), so a scrape never takes a lock the control loop or a worker needs for
 //! longer than a string copy. HTTP: `GET /metrics` (Prometheus text), `/healthz` (200 while the
 //! control loop turns), `/readyz` (200 once a table built from cluster state is published).
 //! The inspect socket (mode 0600, root only) answers any connection with the inspection JSON.
 
-use crate::daemon::Shared;
+use crate::view::LoopView;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -25,7 +25,7 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn respond(shared: &Shared, path: &str) -> (u16, &'static str, String) {
+fn respond(shared: &LoopView, path: &str) -> (u16, &'static str, String) {
     match path {
         "/metrics" => (
             200,
@@ -58,7 +58,7 @@ fn respond(shared: &Shared, path: &str) -> (u16, &'static str, String) {
 /// Serves metrics and health on `addr` from a background thread.
 pub fn serve(
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<LoopView>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let l = TcpListener::bind(addr)?;
     std::thread::Builder::new().name("xdpnet-http".into()).spawn(move || {
@@ -102,7 +102,7 @@ pub fn serve(
 /// Serves the inspection JSON on a root-only unix socket at `path`.
 pub fn serve_inspect(
     path: &Path,
-    shared: Arc<Shared>,
+    shared: Arc<LoopView>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

@@ -271,7 +271,6 @@ impl Ipam {
     }
 
     fn save(&self) -> Result<(), IpamError> {
-        use std::io::Write as _;
         let d = OnDisk {
             cidr: self.cidr.to_string(),
             last: self.last,
@@ -281,17 +280,7 @@ impl Ipam {
             path: self.path.clone(),
             msg: e.to_string(),
         })?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io(&self.path))?;
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io(&self.path))?;
-        f.write_all(&body).map_err(io(&self.path))?;
-        f.sync_all().map_err(io(&self.path))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.path))
+        crate::files::write_atomic(&self.path, &body).map_err(io(&self.path))
     }
 }
 

@@ -505,12 +505,8 @@ impl ClusterState {
     }
 }
 
-/// Writes `st` as YAML to `path` crash-safely: a temporary file in the same directory, fsync,
-/// rename over the old file, fsync of the directory.
+/// Writes `st` as YAML to `path` crash-safely ([`crate::files::write_atomic`]).
 pub fn save(st: &ClusterState, path: &Path) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let mut text = String::new();
     let mut doc = |v: Result<String, serde_yaml::Error>| -> std::io::Result<()> {
         text.push_str("---\n");
@@ -532,13 +528,7 @@ pub fn save(st: &ClusterState, path: &Path) -> std::io::Result<()> {
     for n in st.namespaces.values() {
         doc(serde_yaml::to_string(n))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::files::write_atomic(path, text.as_bytes())
 }
 
 /// Why a source could not deliver (the caller keeps its state and the source retries).

@@ -8,8 +8,8 @@
 //!
 //! Local pods are this node's Pods with an IPv4 podIP that are not hostNetwork and not
 //! finished. With the file source the pod's host-side interface and MAC come from the
-//! annotations [`ANN_INTERFACE`] and [`ANN_MAC`] (the lab writes them); the CNI endpoint will
-//! supply them for pods it wires itself.
+//! annotations [`ANN_INTERFACE`] and [`ANN_MAC`] (the lab writes them); pods the CNI endpoint
+//! wires reach the table from the endpoint itself, not from here.
 
 use crate::state::ClusterState;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -56,7 +56,7 @@ pub struct LocalConfig {
 
 /// Another node as the cluster describes it (its next-hop MAC is resolved separately).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteNode {
+pub struct OtherNode {
     /// Node name.
     pub name: String,
     /// InternalIP.
@@ -78,21 +78,6 @@ pub struct LocalPod {
     pub mac: MacAddr,
     /// Host-side interface.
     pub ifname: String,
-}
-
-/// Everything the table should hold.
-#[derive(Debug, Clone)]
-pub struct Desired {
-    /// This node.
-    pub node: NodeFacts,
-    /// Other nodes.
-    pub remotes: Vec<RemoteNode>,
-    /// Services.
-    pub services: Vec<ServiceSpec>,
-    /// This node's pods.
-    pub local_pods: Vec<LocalPod>,
-    /// Objects skipped, with why.
-    pub warnings: Vec<String>,
 }
 
 /// Why no table can be built yet.
@@ -202,18 +187,14 @@ pub fn node_facts(st: &ClusterState, cfg: &LocalConfig) -> Result<NodeFacts, Tra
 }
 
 /// The other nodes (with warnings for unusable ones).
-pub fn remotes(
-    st: &ClusterState,
-    cfg: &LocalConfig,
-    warnings: &mut Vec<String>,
-) -> Vec<RemoteNode> {
+pub fn remotes(st: &ClusterState, cfg: &LocalConfig, warnings: &mut Vec<String>) -> Vec<OtherNode> {
     let mut remotes = Vec::new();
     for (name, n) in &st.nodes {
         if *name == cfg.node_name {
             continue;
         }
         match (internal_ip(n), pod_cidrs(n)) {
-            (Some(ip), cidrs) if !cidrs.is_empty() => remotes.push(RemoteNode {
+            (Some(ip), cidrs) if !cidrs.is_empty() => remotes.push(OtherNode {
                 name: name.clone(),
                 underlay_ip: ip,
                 pod_cidrs: cidrs,
@@ -284,27 +265,6 @@ pub fn service_spec(
     warnings: &mut Vec<String>,
 ) -> Option<ServiceSpec> {
     service(key, st.services.get(key)?, st, warnings)
-}
-
-/// The table's inputs from the cluster state (everything at once).
-pub fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, TranslateError> {
-    let node = node_facts(st, cfg)?;
-    let mut warnings = Vec::new();
-    let remotes = remotes(st, cfg, &mut warnings);
-    let mut services = Vec::new();
-    for key in st.services.keys() {
-        if let Some(spec) = service_spec(st, key, &mut warnings) {
-            services.push(spec);
-        }
-    }
-    let local_pods = local_pods(st, cfg, &mut warnings);
-    Ok(Desired {
-        node,
-        remotes,
-        services,
-        local_pods,
-        warnings,
-    })
 }
 
 fn parse_protocol(p: Option<&str>) -> Option<Protocol> {
@@ -438,6 +398,43 @@ fn service(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Everything the table should hold.
+    #[derive(Debug, Clone)]
+    struct Desired {
+        /// This node.
+        node: NodeFacts,
+        /// Other nodes.
+        remotes: Vec<OtherNode>,
+        /// Services.
+        services: Vec<ServiceSpec>,
+        /// This node's pods.
+        local_pods: Vec<LocalPod>,
+        /// Objects skipped, with why.
+        warnings: Vec<String>,
+    }
+
+    /// The table's inputs from the cluster state (everything at once).
+    fn desired(st: &ClusterState, cfg: &LocalConfig) -> Result<Desired, TranslateError> {
+        let node = node_facts(st, cfg)?;
+        let mut warnings = Vec::new();
+        let remotes = remotes(st, cfg, &mut warnings);
+        let mut services = Vec::new();
+        for key in st.services.keys() {
+            if let Some(spec) = service_spec(st, key, &mut warnings) {
+                services.push(spec);
+            }
+        }
+        let local_pods = local_pods(st, cfg, &mut warnings);
+        Ok(Desired {
+            node,
+            remotes,
+            services,
+            local_pods,
+            warnings,
+        })
+    }
+
     use std::path::Path;
 
     fn cfg() -> LocalConfig {

@@ -14,8 +14,9 @@ use crate::fib::{Fib, PortId};
 use crate::pipeline::Pipeline;
 use crate::rcu::{FibCell, Published};
 use crate::steer::{Frontend, SteerError, SteerMode, Steering};
-use crate::sys::xsk::{Notifier, RingSizes, Umem, XskError, if_index};
-use crate::worker::{Command, HandoffQueues, IoCounters, Worker};
+use crate::sys::fd::Notifier;
+use crate::sys::xsk::{RingSizes, Umem, XskError, if_index};
+use crate::worker::{Command, HandoffQueues, IoCounters, Worker, WorkerShared};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -25,8 +26,7 @@ use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Port ids are below this.
-pub const MAX_PORTS: usize = 4096;
+pub use crate::fib::MAX_PORTS;
 const NONE: u32 = u32::MAX;
 
 /// What a port is for (decides steering, ring sizes and worker placement).
@@ -127,32 +127,9 @@ pub enum DataplaneError {
     /// Thread creation failed.
     #[error("spawning worker thread: {0}")]
     Spawn(std::io::Error),
-}
-
-/// What all workers share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub fib: FibCell,
-    pub ct: Conntrack,
-    pub stop: AtomicBool,
-    pub owners: Box<[AtomicU32]>,
-    pub handoff: Vec<Arc<HandoffQueues>>,
-    pub wakers: Vec<Notifier>,
-    pub sleeping: Vec<AtomicBool>,
-    start: Instant,
-}
-
-impl Shared {
-    /// Seconds since start (conntrack's clock).
-    pub fn now_secs(&self) -> u32 {
-        self.start.elapsed().as_secs() as u32
-    }
-    /// The worker owning `port`'s TX, or `u32::MAX`.
-    pub fn port_owner(&self, port: PortId) -> u32 {
-        self.owners
-            .get(port as usize)
-            .map_or(NONE, |a| a.load(Ordering::Acquire))
-    }
+    /// A worker's wake-up eventfd could not be made.
+    #[error("eventfd for a worker: {0}")]
+    Eventfd(std::io::Error),
 }
 
 struct WorkerHandle {
@@ -199,7 +176,7 @@ pub struct PortInfo {
 /// The running dataplane.
 pub struct Dataplane {
     cfg: DataplaneConfig,
-    shared: Arc<Shared>,
+    shared: Arc<WorkerShared>,
     workers: Vec<WorkerHandle>,
     steering: Steering,
     ports: BTreeMap<PortId, PortState>,
@@ -226,9 +203,9 @@ impl Dataplane {
         let n = cfg.cores.len();
         let mut wakers = Vec::with_capacity(n);
         for _ in 0..n {
-            wakers.push(Notifier::new()?);
+            wakers.push(Notifier::new().map_err(DataplaneError::Eventfd)?);
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(WorkerShared {
             fib: FibCell::new(fib),
             ct: Conntrack::new(cfg.conntrack_capacity, Timeouts::default())?,
             stop: AtomicBool::new(false),
@@ -330,7 +307,7 @@ impl Dataplane {
         }
         let ifindex = if_index(ifname)?;
         let queues = match role {
-            PortRole::Uplink => crate::sys::xsk::rx_queues(ifname),
+            PortRole::Uplink => crate::sys::netdev::rx_queues(ifname),
             _ => 1,
         };
         let rings = match role {
@@ -476,8 +453,8 @@ impl Dataplane {
         self.steering.frontends()
     }
 
-    /// The steering program's counters: (to socket, passed, unknown port).
-    pub fn steering_counters(&self) -> [u64; 3] {
+    /// The steering program's counters, read now.
+    pub fn steering_counters(&self) -> crate::steer::SteeringCounters {
         self.steering.counters()
     }
 

@@ -98,6 +98,15 @@ fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> SteerError {
     move |source| SteerError::Bpf { what, source }
 }
 
+crate::counters::counter_set! {
+    /// The steering program's counters (per-CPU in the program, summed when read).
+    pub struct SteeringCounters {
+        to_socket: Counter, "steering.to_socket", "xdpnet_steering_to_socket_total", "Uplink frames the XDP program redirected to the dataplane.";
+        passed: Counter, "steering.passed", "xdpnet_steering_passed_total", "Uplink frames the XDP program passed to the kernel.";
+        unknown_port: Counter, "steering.unknown_port", "xdpnet_steering_unknown_port_total", "Frames on an interface queue the dataplane has no socket for (passed to the kernel).";
+    }
+}
+
 /// The loaded steering program.
 #[derive(Debug)]
 pub struct Steering {
@@ -250,19 +259,24 @@ impl Steering {
         &self.frontends
     }
 
-    /// Program counters summed over CPUs: (to socket, passed to the kernel, unknown port).
-    pub fn counters(&self) -> [u64; 3] {
-        let mut out = [0u64; 3];
-        for (i, o) in out.iter_mut().enumerate() {
+    /// Program counters summed over CPUs, read now.
+    pub fn counters(&self) -> SteeringCounters {
+        let out = SteeringCounters::default();
+        for (i, o) in [&out.to_socket, &out.passed, &out.unknown_port]
+            .into_iter()
+            .enumerate()
+        {
             if let Ok(Some(per_cpu)) = self
                 .stats
                 .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
             {
-                *o = per_cpu
-                    .iter()
-                    .filter_map(|v| v.get(..8))
-                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                    .sum();
+                o.set(
+                    per_cpu
+                        .iter()
+                        .filter_map(|v| v.get(..8))
+                        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                        .sum(),
+                );
             }
         }
         out

@@ -211,8 +211,8 @@ pub fn node_facts(i: u32) -> NodeFacts {
         name: format!("node-{i}"),
         underlay_ip: node_ip(i),
         underlay_mac: node_mac(i),
-        vni: crate::fib::DEFAULT_VNI,
-        vxlan_port: crate::fib::DEFAULT_VXLAN_PORT,
+        vni: crate::overlay::DEFAULT_VNI,
+        vxlan_port: crate::overlay::DEFAULT_VXLAN_PORT,
         mtu: 1500,
         pod_cidr: cidr,
         cluster_cidr: "10.244.0.0/14".parse().expect("valid"),
@@ -304,7 +304,7 @@ pub fn cluster_builder(shape: &ClusterShape) -> FibBuilder {
 
 /// Wraps `inner` (an Ethernet frame) in VXLAN from node `from` to node `to`.
 pub fn vxlan_wrap(inner: &[u8], from: u32, to: u32, vni: u32) -> Vec<u8> {
-    let mut v = vec![0u8; crate::fib::ENCAP_LEN + inner.len()];
+    let mut v = vec![0u8; crate::overlay::ENCAP_LEN + inner.len()];
     {
         let mut eth = EthernetFrame::new_unchecked(&mut v[..]);
         eth.set_dst(node_mac(to));
@@ -323,7 +323,7 @@ pub fn vxlan_wrap(inner: &[u8], from: u32, to: u32, vni: u32) -> Vec<u8> {
         node_ip(to).into(),
     );
     v[34..36].copy_from_slice(&50000u16.to_be_bytes());
-    v[36..38].copy_from_slice(&crate::fib::DEFAULT_VXLAN_PORT.to_be_bytes());
+    v[36..38].copy_from_slice(&crate::overlay::DEFAULT_VXLAN_PORT.to_be_bytes());
     v[38..40].copy_from_slice(&(total - 20).to_be_bytes());
     if let Ok(mut vx) = wire::VxlanHeader::new_checked(&mut v[42..]) {
         vx.set(vni);

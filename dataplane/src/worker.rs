@@ -15,61 +15,75 @@
 //! Never allocates, logs or blocks while forwarding; commands (add/remove a socket) are rare
 //! control events handled between batches.
 
-use crate::counters::{Counter, Counters};
+use crate::conntrack::Conntrack;
 use crate::fib::PortId;
 use crate::packet::{HEADROOM, Packet};
 use crate::pipeline::{MAX_BATCH, Pipeline, Verdict};
-use crate::runtime::Shared;
+use crate::rcu::FibCell;
+use crate::sys::fd::Notifier;
 use crate::sys::xsk::{Poller, RingSizes, Umem, XdpDesc, XskError, XskSocket};
 use arrayvec::ArrayVec;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
 
 const FREE: u32 = u32::MAX;
 const HELD: u32 = u32::MAX - 1;
 const TX_BIT: u32 = 0x8000_0000;
 const NONE: u32 = u32::MAX;
 
-/// Per-worker I/O counters and frame gauges (single writer: the worker).
-#[derive(Debug, Default)]
-pub struct IoCounters {
-    /// Frames received from sockets.
-    pub rx: Counter,
-    /// Frames put on TX rings.
-    pub tx: Counter,
-    /// Frames dropped because the output TX ring was full.
-    pub tx_ring_full: Counter,
-    /// Frames copied to another worker's port.
-    pub handoff_out: Counter,
-    /// Frames received from other workers.
-    pub handoff_in: Counter,
-    /// Frames dropped because the other worker's queue was full (or no frame was free for them).
-    pub handoff_drop: Counter,
-    /// Frames whose output port has no socket (port going away).
-    pub no_socket: Counter,
-    /// Descriptors from the kernel that did not match our bookkeeping (never expected).
-    pub bad_desc: Counter,
-    /// Gauge: chunks free.
-    pub frames_free: AtomicU64,
-    /// Gauge: chunks in fill rings / RX paths.
-    pub frames_fill: AtomicU64,
-    /// Gauge: chunks in TX paths.
-    pub frames_tx: AtomicU64,
-    /// Gauge: chunks in the UMEM.
-    pub frames_total: AtomicU64,
-    /// Batches processed.
-    pub batches: Counter,
-    /// Kernel (XDP_STATISTICS, summed over this worker's open sockets, refreshed about once a
-    /// second): frames the kernel dropped for lack of room or size.
-    pub xsk_rx_dropped: AtomicU64,
-    /// Kernel: RX ring was full.
-    pub xsk_rx_ring_full: AtomicU64,
-    /// Kernel: fill ring was empty when a frame arrived.
-    pub xsk_fill_empty: AtomicU64,
-    /// Kernel: invalid RX/TX descriptors.
-    pub xsk_invalid: AtomicU64,
+crate::counters::counter_set! {
+    /// Per-worker I/O counters and frame gauges (single writer: the worker). The kernel's
+    /// (XDP_STATISTICS, summed over this worker's open sockets) are refreshed about once a
+    /// second.
+    pub struct IoCounters {
+        rx: Counter, "rx", "xdpnet_worker_rx_packets_total", "Frames received by a worker.";
+        tx: Counter, "tx", "xdpnet_worker_tx_packets_total", "Frames a worker queued for transmission.";
+        tx_ring_full: Counter, "tx_ring_full", "xdpnet_worker_tx_ring_full_total", "Frames dropped: output TX ring full.";
+        handoff_out: Counter, "handoff_out", "xdpnet_worker_handoff_total", "Frames copied to another worker.";
+        handoff_in: Counter, "handoff_in", "xdpnet_worker_handoff_in_total", "Frames received from other workers.";
+        handoff_drop: Counter, "handoff_drop", "xdpnet_worker_handoff_drops_total", "Frames dropped on the way to another worker.";
+        no_socket: Counter, "no_socket", "xdpnet_worker_no_socket_total", "Frames whose output port has no socket (port going away).";
+        bad_desc: Counter, "bad_desc", "xdpnet_worker_bad_descriptors_total", "Descriptors from the kernel that did not match the worker's bookkeeping (never expected).";
+        batches: Counter, "batches", "xdpnet_worker_batches_total", "Batches processed.";
+        xsk_rx_dropped: Counter, "kernel.rx_dropped", "xdpnet_worker_kernel_rx_dropped_total", "Frames the kernel could not hand to a worker's sockets (no fill buffer, ring full).";
+        xsk_rx_ring_full: Counter, "kernel.rx_ring_full", "xdpnet_worker_kernel_rx_ring_full_total", "Times the kernel found a worker's RX ring full.";
+        xsk_fill_empty: Counter, "kernel.fill_ring_empty", "xdpnet_worker_kernel_fill_ring_empty_total", "Times the kernel found a worker's fill ring empty when a frame arrived.";
+        xsk_invalid: Counter, "kernel.invalid_descs", "xdpnet_worker_kernel_invalid_descriptors_total", "RX/TX descriptors the kernel found invalid.";
+        frames_total: Gauge, "frames.total", "xdpnet_worker_frames", "Frames of a worker's UMEM.";
+        frames_free: Gauge, "frames.free", "xdpnet_worker_frames_free", "Frames free in a worker.";
+        frames_fill: Gauge, "frames.fill", "xdpnet_worker_frames_fill", "Frames in fill rings and RX paths.";
+        frames_tx: Gauge, "frames.tx", "xdpnet_worker_frames_tx", "Frames in TX paths.";
+    }
+}
+
+/// What all workers share.
+#[derive(Debug)]
+pub(crate) struct WorkerShared {
+    pub fib: FibCell,
+    pub ct: Conntrack,
+    pub stop: AtomicBool,
+    pub owners: Box<[AtomicU32]>,
+    pub handoff: Vec<Arc<HandoffQueues>>,
+    pub wakers: Vec<Notifier>,
+    pub sleeping: Vec<AtomicBool>,
+    pub start: Instant,
+}
+
+impl WorkerShared {
+    /// Seconds since start (conntrack's clock).
+    pub fn now_secs(&self) -> u32 {
+        self.start.elapsed().as_secs() as u32
+    }
+    /// The worker owning `port`'s TX, or `u32::MAX`.
+    pub fn port_owner(&self, port: PortId) -> u32 {
+        self.owners
+            .get(port as usize)
+            .map_or(NONE, |a| a.load(Ordering::Acquire))
+    }
 }
 
 /// A frame copied to another worker (its output port lives there).
@@ -117,7 +131,7 @@ pub(crate) struct Worker {
     socks: Vec<Option<Sock>>,
     /// Port id -> index in `socks` of a socket that can transmit on it.
     local_tx: Vec<u32>,
-    shared: Arc<Shared>,
+    shared: Arc<WorkerShared>,
     pipeline: Pipeline,
     io: Arc<IoCounters>,
     cmds: Receiver<Command>,
@@ -144,7 +158,7 @@ impl Worker {
     pub(crate) fn new(
         idx: usize,
         umem: Umem,
-        shared: Arc<Shared>,
+        shared: Arc<WorkerShared>,
         pipeline: Pipeline,
         io: Arc<IoCounters>,
         cmds: Receiver<Command>,
@@ -152,14 +166,14 @@ impl Worker {
         io_only: bool,
     ) -> Self {
         let n = umem.frames();
-        io.frames_total.store(n as u64, Ordering::Relaxed);
+        io.frames_total.set(n as u64);
         Self {
             idx,
             owner: vec![FREE; n as usize].into_boxed_slice(),
             free: (0..n).rev().collect(),
             umem,
             socks: Vec::new(),
-            local_tx: vec![NONE; crate::runtime::MAX_PORTS],
+            local_tx: vec![NONE; crate::fib::MAX_PORTS],
             shared,
             pipeline,
             io,
@@ -236,10 +250,10 @@ impl Worker {
                 inv += st.rx_invalid_descs + st.tx_invalid_descs;
             }
         }
-        self.io.xsk_rx_dropped.store(d, Ordering::Relaxed);
-        self.io.xsk_rx_ring_full.store(full, Ordering::Relaxed);
-        self.io.xsk_fill_empty.store(empty, Ordering::Relaxed);
-        self.io.xsk_invalid.store(inv, Ordering::Relaxed);
+        self.io.xsk_rx_dropped.set(d);
+        self.io.xsk_rx_ring_full.set(full);
+        self.io.xsk_fill_empty.set(empty);
+        self.io.xsk_invalid.set(inv);
     }
 
     fn gauges(&self) {
@@ -248,11 +262,9 @@ impl Worker {
             fill += s.fill_out as u64;
             tx += s.tx_out as u64;
         }
-        self.io
-            .frames_free
-            .store(self.free.len() as u64, Ordering::Relaxed);
-        self.io.frames_fill.store(fill, Ordering::Relaxed);
-        self.io.frames_tx.store(tx, Ordering::Relaxed);
+        self.io.frames_free.set(self.free.len() as u64);
+        self.io.frames_fill.set(fill);
+        self.io.frames_tx.set(tx);
     }
 
     /// Completion ring -> free list.
@@ -262,7 +274,9 @@ impl Worker {
         };
         let n = sock.xsk.comp.available();
         for i in 0..n {
-            let addr = sock.xsk.comp.get(i);
+            let Some(addr) = sock.xsk.comp.get(i) else {
+                break;
+            };
             match self.umem.locate(addr, 0) {
                 Some((idx, _)) if self.owner[idx as usize] == s as u32 | TX_BIT => {
                     self.owner[idx as usize] = FREE;
@@ -286,11 +300,19 @@ impl Worker {
             return;
         }
         let n = want.min(self.free.len() as u32).min(sock.xsk.fill.free());
-        for i in 0..n {
-            let idx = self.free.pop().unwrap_or(0);
+        let mut placed = 0;
+        while placed < n {
+            let Some(idx) = self.free.pop() else {
+                break;
+            };
+            if !sock.xsk.fill.set(placed, self.umem.chunk_addr(idx)) {
+                self.free.push(idx);
+                break;
+            }
             self.owner[idx as usize] = s as u32;
-            sock.xsk.fill.set(i, self.umem.chunk_addr(idx));
+            placed += 1;
         }
+        let n = placed;
         if n > 0 {
             sock.xsk.fill.submit(n);
             sock.fill_out += n;
@@ -312,7 +334,9 @@ impl Worker {
         let rx_port = sock.port;
         let mut n = 0usize;
         for i in 0..avail {
-            let d: XdpDesc = sock.xsk.rx.get(i);
+            let Some(d): Option<XdpDesc> = sock.xsk.rx.get(i) else {
+                break;
+            };
             match self.umem.locate(d.addr, d.len) {
                 Some((idx, off)) if self.owner[idx as usize] == s as u32 => {
                     self.owner[idx as usize] = HELD;
@@ -382,16 +406,13 @@ impl Worker {
         let t = self.local_tx.get(port as usize).copied().unwrap_or(NONE);
         if t != NONE {
             if let Some(sock) = self.socks[t as usize].as_mut() {
-                if sock.tx_pending < sock.xsk.tx.free() {
-                    let addr = self.umem.chunk_addr(idx) + off as u64;
-                    sock.xsk.tx.set(
-                        sock.tx_pending,
-                        XdpDesc {
-                            addr,
-                            len,
-                            options: 0,
-                        },
-                    );
+                let addr = self.umem.chunk_addr(idx) + off as u64;
+                let desc = XdpDesc {
+                    addr,
+                    len,
+                    options: 0,
+                };
+                if sock.tx_pending < sock.xsk.tx.free() && sock.xsk.tx.set(sock.tx_pending, desc) {
                     sock.tx_pending += 1;
                     self.owner[idx as usize] = t | TX_BIT;
                     self.io.tx.inc();
@@ -609,6 +630,3 @@ impl HandoffQueues {
         }
     }
 }
-
-/// Pipeline counters of a worker, for reports.
-pub type PipelineCounters = Arc<Counters>;

@@ -26,8 +26,9 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 use xdpnet_dataplane::steer::{SteerMode, Steering};
+use xdpnet_dataplane::sys::netdev::if_mac;
 use xdpnet_dataplane::sys::xsk::{
-    RingSizes, Umem, XdpDesc, XskError, XskSocket, XskStats, if_index, if_mac,
+    RingSizes, Umem, XdpDesc, XskError, XskSocket, XskStats, if_index,
 };
 
 /// Frames in each end's UMEM.
@@ -343,7 +344,10 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
         // Generator completions back to the free list.
         let c = gen_end.xsk.comp.available();
         for i in 0..c {
-            let idx = (gen_end.xsk.comp.get(i) / FRAME_SIZE as u64) as u32;
+            let Some(addr) = gen_end.xsk.comp.get(i) else {
+                break;
+            };
+            let idx = (addr / FRAME_SIZE as u64) as u32;
             if let Some(p) = is_packet.get_mut(idx as usize) {
                 completed += *p as u64;
                 *p = false;
@@ -373,7 +377,9 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
             let mut k = 0u32;
             let now_us = (now_ns() / 1_000) as u32;
             for i in 0..r {
-                let d = gen_end.xsk.rx.get(i);
+                let Some(d) = gen_end.xsk.rx.get(i) else {
+                    break;
+                };
                 let Some((idx, off)) = gen_end.umem.locate(d.addr, d.len) else {
                     continue;
                 };
@@ -460,7 +466,9 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
         // Sink completions (SYN-ACKs sent) back to its fill ring.
         let c = sink_end.xsk.comp.available();
         for i in 0..c {
-            let addr = sink_end.xsk.comp.get(i);
+            let Some(addr) = sink_end.xsk.comp.get(i) else {
+                break;
+            };
             sink_end.xsk.fill.set(i, addr - addr % FRAME_SIZE as u64);
         }
         sink_end.xsk.comp.release(c);
@@ -478,7 +486,9 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
             let now = now_ns();
             let (mut nf, mut nt) = (0u32, 0u32);
             for i in 0..r {
-                let d = sink_end.xsk.rx.get(i);
+                let Some(d) = sink_end.xsk.rx.get(i) else {
+                    break;
+                };
                 let Some((idx, off)) = sink_end.umem.locate(d.addr, d.len) else {
                     continue;
                 };

@@ -1,4 +1,5 @@
 use super::*;
+use crate::wire::proto;
 use std::sync::Arc;
 
 fn t(src: u32, sport: u16, dst: u32, dport: u16, proto: u8) -> Tuple {

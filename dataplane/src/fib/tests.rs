@@ -1,5 +1,7 @@
 use super::*;
+use crate::overlay::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 use crate::testutil::{self, ClusterShape};
+use crate::wire::{MacAddr, proto};
 use proptest::prelude::*;
 
 const SHAPE: ClusterShape = ClusterShape {
@@ -80,7 +82,7 @@ fn lookups() {
 fn outer_header_is_valid() {
     let fib = testutil::cluster_builder(&SHAPE).build();
     let r = fib.route(testutil::pod_ip(1, 0).into()).unwrap();
-    let h = &r.outer;
+    let h = r.outer.bytes();
     assert_eq!(&h[0..6], &testutil::node_mac(1).0);
     assert_eq!(&h[6..12], &testutil::node_mac(0).0);
     assert_eq!(h[14], 0x45);
@@ -243,7 +245,10 @@ fn digest(f: &Fib) -> Vec<String> {
     for n in f.remote_nodes() {
         out.push(format!(
             "node {} {} {:?} {:?}",
-            n.name, n.underlay_ip, n.pod_cidrs, n.outer
+            n.name,
+            n.underlay_ip,
+            n.pod_cidrs,
+            n.outer.bytes()
         ));
     }
     for (k, v) in f.index.by_addr.iter() {

@@ -73,7 +73,7 @@ impl Umem {
             return Err(XskError::Config("zero frames".into()));
         }
         let bytes = frames as usize * frame_size as usize;
-        let ptr = super::anon_map(bytes).map_err(|source| XskError::Sys {
+        let ptr = super::mem::anon_map(bytes).map_err(|source| XskError::Sys {
             call: "mmap (UMEM)",
             source,
         })?;
@@ -266,22 +266,39 @@ impl<T: RingItem> Ring<T> {
         f.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
     }
 
+    /// Producer side: entries free as of the last read of the kernel's index (a lower bound).
+    #[inline]
+    fn free_cached(&self) -> u32 {
+        self.size - self.cached_prod.wrapping_sub(self.cached_cons)
+    }
+
     /// Producer side: entries that may be written now.
     pub fn free(&mut self) -> u32 {
         self.cached_cons = self.cons().load(Ordering::Acquire);
         self.size - self.cached_prod.wrapping_sub(self.cached_cons)
     }
 
-    /// Producer side: writes entry `i` past the last submitted one (`i < free()`).
-    pub fn set(&mut self, i: u32, v: T) {
+    /// Producer side: writes entry `i` past the last submitted one. Refused (false, nothing
+    /// written) unless `i < free()`: slots past that may still be the kernel's.
+    pub fn set(&mut self, i: u32, v: T) -> bool {
+        if i >= self.free_cached() && i >= self.free() {
+            return false;
+        }
         let slot = self.cached_prod.wrapping_add(i) & (self.size - 1);
-        // SAFETY: `slot < size`, inside the descriptor array of the live mapping; entries past
-        // the producer index belong to us until `submit` publishes them.
+        // SAFETY: `slot < size` (mask of a power of two), inside the descriptor array of the
+        // live mapping; `i` is below the free count checked above, so the slot is past the
+        // producer index and before the kernel's consumer index: ours until `submit`.
         unsafe { self.descs.as_ptr().add(slot as usize).write_volatile(v) }
+        true
     }
 
-    /// Producer side: publishes `n` entries written with `set`.
+    /// Producer side: publishes `n` entries written with `set` (at most the free count).
     pub fn submit(&mut self, n: u32) {
+        let n = if n <= self.free_cached() {
+            n
+        } else {
+            n.min(self.free())
+        };
         self.cached_prod = self.cached_prod.wrapping_add(n);
         self.prod().store(self.cached_prod, Ordering::Release);
     }
@@ -292,16 +309,22 @@ impl<T: RingItem> Ring<T> {
         self.cached_prod.wrapping_sub(self.cached_cons)
     }
 
-    /// Consumer side: entry `i` past the last released one (`i < available()`).
-    pub fn get(&self, i: u32) -> T {
+    /// Consumer side: entry `i` past the last released one; None unless `i < available()` as
+    /// last called (later slots were not seen published).
+    pub fn get(&self, i: u32) -> Option<T> {
+        if i >= self.cached_prod.wrapping_sub(self.cached_cons) {
+            return None;
+        }
         let slot = self.cached_cons.wrapping_add(i) & (self.size - 1);
-        // SAFETY: `slot < size`, inside the live mapping; the kernel published it before the
-        // producer index we acquired and will not touch it before we release it.
-        unsafe { self.descs.as_ptr().add(slot as usize).read_volatile() }
+        // SAFETY: `slot < size`, inside the live mapping; `i` is below the count the kernel
+        // published before the producer index we acquired, and it will not touch the slot
+        // before we release it.
+        Some(unsafe { self.descs.as_ptr().add(slot as usize).read_volatile() })
     }
 
-    /// Consumer side: hands `n` read entries back.
+    /// Consumer side: hands `n` read entries back (at most the available count).
     pub fn release(&mut self, n: u32) {
+        let n = n.min(self.cached_prod.wrapping_sub(self.cached_cons));
         self.cached_cons = self.cached_cons.wrapping_add(n);
         self.cons().store(self.cached_cons, Ordering::Release);
     }
@@ -680,188 +703,4 @@ pub fn if_index(name: &str) -> Result<u32, XskError> {
         });
     }
     Ok(i)
-}
-
-/// An eventfd: how the control thread and other workers wake a worker sleeping in
-/// [`Poller::wait`] (commands and handed-off frames have no socket to be readable on).
-#[derive(Debug)]
-pub struct Notifier {
-    fd: OwnedFd,
-}
-
-impl Notifier {
-    /// A non-blocking eventfd.
-    pub fn new() -> Result<Self, XskError> {
-        // SAFETY: plain eventfd(2); the result is checked before being owned.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(sys("eventfd"));
-        }
-        // SAFETY: `raw` is a fresh fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Self { fd })
-    }
-
-    /// Makes the fd readable (wakes a poller).
-    pub fn notify(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to our eventfd; failure (counter full) still
-        // leaves it readable, which is all we need.
-        unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), 8) };
-    }
-
-    /// Clears readability.
-    pub fn drain(&self) {
-        let mut b = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live 8-byte buffer; EAGAIN when not readable.
-        unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-    }
-
-    /// The fd, for a poller.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-/// RX queues of interface `name` (ETHTOOL_GCHANNELS: rx + combined); 1 when the driver does
-/// not say. Asks the kernel through a socket of the caller's network namespace (sysfs may show
-/// another namespace's devices).
-pub fn rx_queues(name: &str) -> u32 {
-    #[repr(C)]
-    struct EthtoolChannels {
-        cmd: u32,
-        max_rx: u32,
-        max_tx: u32,
-        max_other: u32,
-        max_combined: u32,
-        rx_count: u32,
-        tx_count: u32,
-        other_count: u32,
-        combined_count: u32,
-    }
-    const ETHTOOL_GCHANNELS: u32 = 0x3c;
-    if name.len() >= libc::IFNAMSIZ {
-        return 1;
-    }
-    let mut ch = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        max_rx: 0,
-        max_tx: 0,
-        max_other: 0,
-        max_combined: 0,
-        rx_count: 0,
-        tx_count: 0,
-        other_count: 0,
-        combined_count: 0,
-    };
-    // SAFETY: an all-zero ifreq is valid (plain integers and arrays).
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
-    // SAFETY: plain socket(2); checked below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return 1;
-    }
-    // SAFETY: `s` is a fresh fd nothing else owns.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: SIOCETHTOOL reads the NUL-terminated name in `ifr` and writes at most one
-    // ethtool_channels into `ch`, which outlives the call.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
-    if r != 0 {
-        return 1;
-    }
-    (ch.rx_count + ch.combined_count).max(1)
-}
-
-/// An ethtool "value" request (`struct ethtool_value`) on interface `name` in the caller's
-/// network namespace; returns the value the kernel left in it.
-fn ethtool_value(name: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let mut v = EthtoolValue { cmd, data };
-    // SAFETY: an all-zero ifreq is valid (plain integers and arrays).
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut v as *mut EthtoolValue).cast();
-    // SAFETY: plain socket(2); checked below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `s` is a fresh fd nothing else owns.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: SIOCETHTOOL reads the NUL-terminated name in `ifr` and reads/writes one
-    // ethtool_value in `v`, which outlives the call.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(v.data)
-}
-
-/// Turns TX checksum offload of `name` on or off (ETHTOOL_STXCSUM; the kernel drops the
-/// offloads that depend on it, TSO among them). Off on every kernel-stack interface that sends
-/// into the dataplane: a veth otherwise hands over frames with partial checksums.
-pub fn set_tx_checksum(name: &str, on: bool) -> std::io::Result<()> {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    ethtool_value(name, ETHTOOL_STXCSUM, u32::from(on)).map(|_| ())
-}
-
-/// Whether TX checksum offload of `name` is on (ETHTOOL_GTXCSUM).
-pub fn tx_checksum(name: &str) -> std::io::Result<bool> {
-    const ETHTOOL_GTXCSUM: u32 = 0x16;
-    ethtool_value(name, ETHTOOL_GTXCSUM, 0).map(|d| d != 0)
-}
-
-fn ifreq_ioctl(name: &str, req: libc::c_ulong) -> Option<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    // SAFETY: an all-zero ifreq is valid (plain integers and arrays).
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: plain socket(2); checked below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return None;
-    }
-    // SAFETY: `s` is a fresh fd nothing else owns.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: the SIOCGIF* requests used here read the NUL-terminated name and write only
-    // inside the ifreq union, which lives on our stack for the call.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), req, &mut ifr) };
-    (r == 0).then_some(ifr)
-}
-
-/// MAC address of interface `name` in the caller's network namespace.
-pub fn if_mac(name: &str) -> Option<[u8; 6]> {
-    let ifr = ifreq_ioctl(name, libc::SIOCGIFHWADDR)?;
-    // SAFETY: SIOCGIFHWADDR filled the `ifru_hwaddr` member of the union.
-    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
-    let mut m = [0u8; 6];
-    for (d, s) in m.iter_mut().zip(sa.sa_data.iter()) {
-        *d = *s as u8;
-    }
-    Some(m)
-}
-
-/// MTU of interface `name` in the caller's network namespace.
-pub fn if_mtu(name: &str) -> Option<u32> {
-    let ifr = ifreq_ioctl(name, libc::SIOCGIFMTU)?;
-    // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member of the union.
-    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
-    u32::try_from(mtu).ok()
 }

@@ -12,7 +12,8 @@ pub const FLAG_DF: u16 = 0x4000;
 /// More Fragments flag.
 pub const FLAG_MF: u16 = 0x2000;
 
-mod field {
+/// Field offsets in the header.
+pub mod field {
     pub const VER_IHL: usize = 0;
     pub const TOS: usize = 1;
     pub const LEN: usize = 2;

@@ -59,7 +59,8 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
-    /// Sets the source port (checksum untouched: see the `nat` helpers).
+    /// Sets the source port (checksum untouched: the pipeline's rewrite updates it
+    /// incrementally, or call `fill_checksum`).
     pub fn set_src_port(&mut self, p: u16) {
         wr16(self.buf.as_mut(), 0, p);
     }

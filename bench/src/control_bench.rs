@@ -7,11 +7,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use xdpnet_control::controller::Controller;
 use xdpnet_control::state::{ClusterState, Dirty, Event, Object};
 use xdpnet_control::translate::LocalConfig;
-use xdpnet_dataplane::fib::RemoteNodeSpec;
+use xdpnet_dataplane::fib::{FibBuilder, RemoteNodeSpec};
 use xdpnet_dataplane::rcu::FibCell;
 use xdpnet_dataplane::wire::MacAddr;
 
@@ -188,23 +189,32 @@ pub fn run(shape: Shape, changes: usize) -> Report {
     let t = Instant::now();
     let mut ctl = Controller::new(local(), st).expect("node-0 exists");
     let translate = t.elapsed();
-    let remotes: Vec<RemoteNodeSpec> = ctl
+    // Every node's next hop: one MAC (a flat underlay).
+    let neigh: BTreeMap<Ipv4Addr, MacAddr> = ctl
         .remotes()
         .iter()
-        .map(|r| RemoteNodeSpec {
+        .map(|r| (r.underlay_ip, MacAddr([2, 1, 0, 0, 0, 1])))
+        .collect();
+    let _ = ctl.set_next_hops(&neigh);
+    let cell = FibCell::new(ctl.build_now());
+    let full_build = t.elapsed();
+    let r2 = rss();
+    // The baseline's own builder with the same services and nodes (the controller is the one
+    // writer of its builder).
+    let mut direct = FibBuilder::new(ctl.node().clone());
+    for spec in ctl.specs() {
+        let _ = direct.upsert_service(spec.clone());
+    }
+    for r in ctl.remotes() {
+        direct.upsert_node(RemoteNodeSpec {
             name: r.name.clone(),
             underlay_ip: r.underlay_ip,
             next_hop_mac: MacAddr([2, 1, 0, 0, 0, 1]),
             pod_cidrs: r.pod_cidrs.clone(),
             addrs: r.addrs.clone(),
-        })
-        .collect();
-    for r in remotes {
-        ctl.builder().upsert_node(r);
+        });
     }
-    let cell = FibCell::new(ctl.builder().build());
-    let full_build = t.elapsed();
-    let r2 = rss();
+    drop(direct.build());
     let mut lat = Vec::with_capacity(changes);
     let mut base = Vec::with_capacity(changes);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -217,7 +227,7 @@ pub fn run(shape: Shape, changes: usize) -> Report {
         let t = Instant::now();
         ctl.apply(ev);
         ctl.refresh();
-        let fib = ctl.builder().build();
+        let fib = ctl.build_now();
         drop(cell.publish(fib));
         lat.push(t.elapsed());
         // Baseline: the same kind of change given to the builder directly (no objects, no
@@ -229,8 +239,8 @@ pub fn run(shape: Shape, changes: usize) -> Report {
             }
         }
         let t = Instant::now();
-        let _ = ctl.builder().upsert_service(spec);
-        let fib = ctl.builder().build();
+        let _ = direct.upsert_service(spec);
+        let fib = direct.build();
         drop(cell.publish(fib));
         base.push(t.elapsed());
     }

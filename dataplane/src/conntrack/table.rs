@@ -1,178 +1,29 @@
-//! Connection tracking shared by all workers: 5-tuple -> NAT binding, both directions.
-//!
-//! Layout: a fixed array of buckets of 16 slots. A bucket header (one cache line) holds 16
-//! 16-bit tags (from the key's hash), a writer lock and an overflow count; a slot (32 bytes)
-//! holds one entry: key tuple, translated tuple, state flags and a coarse last-seen time. An
-//! entry lives in its home bucket, or when that is full in one of the next three (the home's
-//! overflow count tells readers to look there), so a live entry is only evicted when 64 slots
-//! around its home are all taken.
-//!
-//! Concurrency:
-//! - Readers (workers, every packet) never lock: they match tags, then read the slot under a
-//!   per-slot sequence counter (seqlock) and verify the full key. A torn read is retried.
-//! - Writers (new flows, deletes, GC) take the bucket's spin lock for a few dozen nanoseconds;
-//!   there is no global lock. Insert is insert-if-absent under that lock, so two workers racing
-//!   on the first packets of one flow agree on one binding.
-//! - Hot-path updates (last seen, TCP flags) are a compare-and-swap on the slot's meta word,
-//!   made only when the value changes (about once per second per flow).
-//!
-//! Every flow has two entries: the original direction (key = tuple as the client sent it,
-//! value = tuple after NAT) and the reply direction (key = reverse of the translated tuple,
-//! value = reverse of the original). Translating a packet is "rewrite its tuple to the value".
-//!
-//! Bounded: when a bucket is full, an expired or else the least recently seen entry of that
-//! bucket is evicted (with its partner). GC walks buckets incrementally from a cursor and never
-//! stalls workers: it holds one bucket lock at a time.
-//!
-//! Never allocates after construction; no unsafe code.
+//! The concurrent table itself: buckets of tagged slots, seqlocked reads, per-bucket writer
+//! locks, neighbour overflow and eviction (see the module above for the layout). It stores
+//! key -> value tuples with flags, a last-seen tick and a MAC index, and knows nothing of what
+//! they mean: flows ([`super::flows`]) and affinity records ([`super::affinity`]) are built on
+//! top.
 
+use super::*;
 use crate::hash::{mix64, random_seed};
 use crate::sys::{AtomicArray, MapError};
-use crate::wire::proto;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
-/// An IPv4 5-tuple (host-order addresses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Tuple {
-    /// Source address.
-    pub src: u32,
-    /// Destination address.
-    pub dst: u32,
-    /// Source port.
-    pub sport: u16,
-    /// Destination port.
-    pub dport: u16,
-    /// IP protocol.
-    pub proto: u8,
-}
-
-impl Tuple {
-    /// The tuple of a packet going the other way.
-    #[inline]
-    pub fn reverse(&self) -> Tuple {
-        Tuple {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-        }
-    }
-    #[inline]
-    fn hash(&self, seed: u64) -> u64 {
-        crate::hash::flow_hash(seed, self.src, self.dst, self.sport, self.dport, self.proto)
-    }
-}
-
-/// Entry state flags.
-pub mod flags {
-    /// TCP SYN seen in this direction.
-    pub const SYN: u8 = 0x01;
-    /// TCP FIN seen in this direction.
-    pub const FIN: u8 = 0x02;
-    /// TCP RST seen in this direction.
-    pub const RST: u8 = 0x04;
-    /// A packet matched this entry (for the reply entry: the flow is established).
-    pub const SEEN: u8 = 0x08;
-    /// This is the reply-direction entry.
-    pub const REPLY: u8 = 0x10;
-    /// The flow came in on the uplink; replies go back out to `mac_idx`'s MAC.
-    pub const UPLINK: u8 = 0x20;
-    /// A ClientIP session-affinity record, not a flow.
-    pub const AFFINITY: u8 = 0x40;
-    /// Slot in use.
-    pub const USED: u8 = 0x80;
-}
-
-/// Timeouts in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP until a reply was seen.
-    pub tcp_syn: u32,
-    /// TCP with traffic both ways.
-    pub tcp_established: u32,
-    /// TCP after RST, or FIN in both directions.
-    pub tcp_closing: u32,
-    /// UDP one way.
-    pub udp: u32,
-    /// UDP with replies.
-    pub udp_stream: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            tcp_syn: 60,
-            tcp_established: 21_600,
-            tcp_closing: 10,
-            udp: 30,
-            udp_stream: 120,
-        }
-    }
-}
-
-/// Seconds per clock tick of the coarse last-seen time (16 bits of 2 s: 36 hours of range,
-/// enough for any timeout here including 24 h affinity; GC runs far more often).
-pub const TICK_SECS: u32 = 2;
-
-/// A coarse timestamp: seconds since some start, as the tables store it.
-#[inline]
-pub fn tick(now_secs: u32) -> u16 {
-    (now_secs / TICK_SECS) as u16
-}
-
-#[inline]
-fn age_secs(now: u16, then: u16) -> u32 {
-    now.wrapping_sub(then) as u32 * TICK_SECS
-}
-
-/// A copy of one entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
-    /// The tuple packets of this direction arrive with.
-    pub key: Tuple,
-    /// The tuple to rewrite them to.
-    pub xlate: Tuple,
-    /// [`flags`].
-    pub flags: u8,
-    /// Last seen, in ticks.
-    pub last_seen: u16,
-    /// Index into the MAC table (flows from the uplink).
-    pub mac_idx: u16,
-}
-
-/// A lookup hit: the entry and where it lives (for updates).
-#[derive(Debug, Clone, Copy)]
-pub struct Hit {
-    /// The entry.
-    pub entry: Entry,
-    slot: u32,
-    seq: u16,
-}
-
-/// Why an insert did not happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum InsertError {
-    /// The reply tuple of the new binding is already used by another flow.
-    #[error("reply tuple already in use")]
-    ReplyCollision,
-}
-
-const SLOTS: usize = 16;
+pub(super) const SLOTS: usize = 16;
 /// Words per bucket header (one cache line): 4 tag words, lock, overflow count, 2 unused.
-const BWORDS: usize = 8;
-const B_LOCK: usize = 4;
+pub(super) const BWORDS: usize = 8;
+pub(super) const B_LOCK: usize = 4;
 /// Entries homed in a bucket but stored in one of the next buckets.
-const B_OVERFLOW: usize = 5;
+pub(super) const B_OVERFLOW: usize = 5;
 /// Words per slot (half a cache line): meta, key addresses, ports, translated addresses.
-const SWORDS: usize = 4;
+pub(super) const SWORDS: usize = 4;
 
 /// How many buckets after its home an entry may be stored in.
-const NEIGHBOURS: usize = 3;
+pub(super) const NEIGHBOURS: usize = 3;
 
 // meta word: seq:16 | proto:8 | flags:8 | last_seen:16 | mac_idx:16
 #[inline]
-fn meta(seq: u16, proto: u8, flags: u8, last: u16, mac: u16) -> u64 {
+pub(super) fn meta(seq: u16, proto: u8, flags: u8, last: u16, mac: u16) -> u64 {
     ((seq as u64) << 48)
         | ((proto as u64) << 40)
         | ((flags as u64) << 32)
@@ -180,24 +31,24 @@ fn meta(seq: u16, proto: u8, flags: u8, last: u16, mac: u16) -> u64 {
         | mac as u64
 }
 #[inline]
-fn m_seq(m: u64) -> u16 {
+pub(super) fn m_seq(m: u64) -> u16 {
     (m >> 48) as u16
 }
 #[inline]
-fn m_proto(m: u64) -> u8 {
+pub(super) fn m_proto(m: u64) -> u8 {
     (m >> 40) as u8
 }
 #[inline]
-fn m_flags(m: u64) -> u8 {
+pub(super) fn m_flags(m: u64) -> u8 {
     (m >> 32) as u8
 }
 #[inline]
-fn m_last(m: u64) -> u16 {
+pub(super) fn m_last(m: u64) -> u16 {
     (m >> 16) as u16
 }
 
 #[inline]
-fn pack(key: &Tuple, x: &Tuple) -> [u64; 3] {
+pub(super) fn pack(key: &Tuple, x: &Tuple) -> [u64; 3] {
     [
         ((key.src as u64) << 32) | key.dst as u64,
         ((key.sport as u64) << 48)
@@ -209,7 +60,7 @@ fn pack(key: &Tuple, x: &Tuple) -> [u64; 3] {
 }
 
 #[inline]
-fn unpack(m: u64, w: [u64; 3]) -> (Tuple, Tuple) {
+pub(super) fn unpack(m: u64, w: [u64; 3]) -> (Tuple, Tuple) {
     let p = m_proto(m);
     (
         Tuple {
@@ -231,7 +82,7 @@ fn unpack(m: u64, w: [u64; 3]) -> (Tuple, Tuple) {
 
 /// The entry a slot's meta word and data words describe.
 #[inline]
-fn entry_of(m: u64, w: [u64; 3]) -> Entry {
+pub(super) fn entry_of(m: u64, w: [u64; 3]) -> Entry {
     let (key, xlate) = unpack(m, w);
     Entry {
         key,
@@ -246,7 +97,7 @@ fn entry_of(m: u64, w: [u64; 3]) -> Entry {
 /// lanes equal to `tag` become zero after the xor; a zero lane sets its top bit. A borrow can
 /// flag a lane above a true match as well; callers verify the key, so that is harmless.
 #[inline(always)]
-fn lanes_matching(tags: u64, tag: u16) -> u64 {
+pub(super) fn lanes_matching(tags: u64, tag: u16) -> u64 {
     const LO: u64 = 0x0001_0001_0001_0001;
     const HI: u64 = 0x8000_8000_8000_8000;
     let x = tags ^ (LO * tag as u64);
@@ -255,39 +106,30 @@ fn lanes_matching(tags: u64, tag: u16) -> u64 {
 
 /// Lanes of a tag word in use (non-zero tag).
 #[inline]
-fn lanes_used(tags: u64) -> usize {
+pub(super) fn lanes_used(tags: u64) -> usize {
     (0..4).filter(|l| (tags >> (l * 16)) as u16 != 0).count()
 }
 
 /// The tag stored for a hash: never 0 (0 marks a free lane).
 #[inline]
-fn tag_of(h: u64) -> u16 {
+pub(super) fn tag_of(h: u64) -> u16 {
     ((h >> 48) as u16) | 1
-}
-
-/// Statistics of one GC step.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct GcStats {
-    /// Buckets visited.
-    pub buckets: usize,
-    /// Entries removed.
-    pub removed: usize,
 }
 
 /// The connection tracking table.
 #[derive(Debug)]
 pub struct Conntrack {
     /// Bucket headers: tag words 0..4, lock, overflow count.
-    buckets: AtomicArray<BWORDS>,
+    pub(super) buckets: AtomicArray<BWORDS>,
     /// Slots: meta, key addresses, ports, translated addresses.
-    slots: AtomicArray<SWORDS>,
-    n_buckets: usize,
-    mask: u64,
-    seed: u64,
-    evictions: AtomicU64,
-    gc_cursor: AtomicUsize,
-    timeouts: Timeouts,
-    macs: MacTable,
+    pub(super) slots: AtomicArray<SWORDS>,
+    pub(super) n_buckets: usize,
+    pub(super) mask: u64,
+    pub(super) seed: u64,
+    pub(super) evictions: AtomicU64,
+    pub(super) gc_cursor: AtomicUsize,
+    pub(super) timeouts: Timeouts,
+    pub(super) macs: MacTable,
 }
 
 struct BucketLock<'a>(&'a AtomicU64);
@@ -320,17 +162,17 @@ impl Conntrack {
     }
 
     #[inline(always)]
-    fn tags(&self, b: usize) -> &[AtomicU64] {
+    pub(super) fn tags(&self, b: usize) -> &[AtomicU64] {
         &self.buckets[b][..4]
     }
 
     #[inline(always)]
-    fn slot(&self, i: usize) -> &[AtomicU64; SWORDS] {
+    pub(super) fn slot(&self, i: usize) -> &[AtomicU64; SWORDS] {
         &self.slots[i]
     }
 
     #[inline(always)]
-    fn overflow(&self, b: usize) -> &AtomicU64 {
+    pub(super) fn overflow(&self, b: usize) -> &AtomicU64 {
         &self.buckets[b][B_OVERFLOW]
     }
 
@@ -356,7 +198,15 @@ impl Conntrack {
     pub fn capacity(&self) -> usize {
         self.n_buckets * SLOTS
     }
-    /// Live entries evicted because their bucket was full.
+    /// The table's counters, read now.
+    pub fn counters(&self) -> crate::counters::ConntrackCounters {
+        let c = crate::counters::ConntrackCounters::default();
+        c.entries.set(self.len() as u64);
+        c.evictions.set(self.evictions());
+        c
+    }
+
+    /// Entries evicted so far to make room.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
@@ -414,7 +264,7 @@ impl Conntrack {
     }
 
     #[inline(always)]
-    fn read_slot(&self, i: usize) -> Option<(u64, [u64; 3])> {
+    pub(super) fn read_slot(&self, i: usize) -> Option<(u64, [u64; 3])> {
         let s = self.slot(i);
         for _ in 0..64 {
             let m0 = s[0].load(Ordering::Acquire);
@@ -438,7 +288,12 @@ impl Conntrack {
 
     /// Looks for `key` in bucket `b` only (lock-free).
     #[inline(always)]
-    fn find_in(&self, b: usize, key: &Tuple, tag: u16) -> Option<(usize, u64, [u64; 3])> {
+    pub(super) fn find_in(
+        &self,
+        b: usize,
+        key: &Tuple,
+        tag: u16,
+    ) -> Option<(usize, u64, [u64; 3])> {
         let t = &self.buckets[b];
         let ms = [
             lanes_matching(t[0].load(Ordering::Acquire), tag),
@@ -473,7 +328,12 @@ impl Conntrack {
 
     /// Looks for `key` in its home bucket and, if the home has overflowed, its neighbours.
     #[inline(always)]
-    fn locate(&self, home: usize, key: &Tuple, tag: u16) -> Option<(usize, usize, u64, [u64; 3])> {
+    pub(super) fn locate(
+        &self,
+        home: usize,
+        key: &Tuple,
+        tag: u16,
+    ) -> Option<(usize, usize, u64, [u64; 3])> {
         if let Some((l, m, w)) = self.find_in(home, key, tag) {
             return Some((home, l, m, w));
         }
@@ -540,7 +400,7 @@ impl Conntrack {
             .map(|_| BucketLock(l))
     }
 
-    fn write_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
+    pub(super) fn write_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
         let s = self.slot(i);
         let mut m = s[0].load(Ordering::Relaxed);
         loop {
@@ -564,7 +424,7 @@ impl Conntrack {
     /// [`Conntrack::write_slot`] for a free slot (caller holds the bucket lock): no hit can
     /// refer to it (a hit is only taken on a slot in use, with a sequence number the clear
     /// already moved past), so plain stores suffice where an occupied slot needs a CAS.
-    fn write_free_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
+    pub(super) fn write_free_slot(&self, i: usize, m_new_without_seq: u64, w: [u64; 3]) {
         let s = self.slot(i);
         let seq = m_seq(s[0].load(Ordering::Relaxed));
         s[0].store((seq.wrapping_add(1) as u64) << 48, Ordering::Relaxed);
@@ -578,7 +438,7 @@ impl Conntrack {
         );
     }
 
-    fn set_tag(&self, b: usize, lane: usize, tag: u16) {
+    pub(super) fn set_tag(&self, b: usize, lane: usize, tag: u16) {
         let word = &self.tags(b)[lane / 4];
         let shift = (lane % 4) * 16;
         let v = word.load(Ordering::Relaxed);
@@ -588,12 +448,12 @@ impl Conntrack {
         );
     }
 
-    fn lane_tag(&self, b: usize, lane: usize) -> u16 {
+    pub(super) fn lane_tag(&self, b: usize, lane: usize) -> u16 {
         (self.tags(b)[lane / 4].load(Ordering::Relaxed) >> ((lane % 4) * 16)) as u16
     }
 
     /// Frees a lane (caller holds bucket `b`'s lock), fixing its home's overflow count.
-    fn clear_lane(&self, b: usize, lane: usize) {
+    pub(super) fn clear_lane(&self, b: usize, lane: usize) {
         if let Some((m, w)) = self.read_slot(b * SLOTS + lane) {
             let (k, _) = unpack(m, w);
             let home = (self.hash(&k) & self.mask) as usize;
@@ -605,12 +465,12 @@ impl Conntrack {
         self.write_slot(b * SLOTS + lane, 0, [0; 3]);
     }
 
-    fn free_lane(&self, b: usize) -> Option<usize> {
+    pub(super) fn free_lane(&self, b: usize) -> Option<usize> {
         (0..SLOTS).find(|&l| self.lane_tag(b, l) == 0)
     }
 
     #[allow(clippy::too_many_arguments)] // an entry's fields
-    fn place(
+    pub(super) fn place(
         &self,
         b: usize,
         lane: usize,
@@ -632,7 +492,7 @@ impl Conntrack {
     /// Inserts `key -> xlate` unless `key` is present. Returns the entry now in the table and
     /// whether it was inserted by this call, and the partner key of an entry evicted to make
     /// room (the caller removes it after the lock is released).
-    fn insert_one(
+    pub(super) fn insert_one(
         &self,
         key: &Tuple,
         h: u64,
@@ -734,161 +594,8 @@ impl Conntrack {
         }
     }
 
-    /// Records a new NAT flow: `orig` (as the client sent it) is rewritten to `xlate`, and
-    /// replies (the reverse of `xlate`) to the reverse of `orig`. If another worker recorded
-    /// the same flow first, its binding wins and is returned. Fails when the reply tuple is
-    /// taken by a different flow.
-    pub fn insert_flow(
-        &self,
-        orig: &Tuple,
-        xlate: &Tuple,
-        now: u16,
-        mac_idx: u16,
-        extra: u8,
-        orig_flags: u8,
-    ) -> Result<Tuple, InsertError> {
-        let reply_hash = self.hash(&xlate.reverse());
-        self.insert_flow_hashed(
-            orig,
-            self.hash(orig),
-            xlate,
-            reply_hash,
-            now,
-            mac_idx,
-            extra,
-            orig_flags,
-        )
-    }
-
-    /// [`Conntrack::insert_flow`] with the hashes of the original tuple and of the reply tuple
-    /// (`xlate` reversed) already computed.
-    #[allow(clippy::too_many_arguments)] // the flow and its binding
-    pub fn insert_flow_hashed(
-        &self,
-        orig: &Tuple,
-        orig_hash: u64,
-        xlate: &Tuple,
-        reply_hash: u64,
-        now: u16,
-        mac_idx: u16,
-        extra: u8,
-        orig_flags: u8,
-    ) -> Result<Tuple, InsertError> {
-        let rkey = xlate.reverse();
-        let rval = orig.reverse();
-        let (r, r_new, ev1) =
-            self.insert_one(&rkey, reply_hash, &rval, flags::REPLY | extra, now, mac_idx);
-        if let Some(p) = ev1 {
-            self.remove(&p);
-        }
-        if !r_new && r.xlate != rval {
-            return Err(InsertError::ReplyCollision);
-        }
-        let (o, o_new, ev2) =
-            self.insert_one(orig, orig_hash, xlate, extra | orig_flags, now, mac_idx);
-        if let Some(p) = ev2 {
-            self.remove(&p);
-        }
-        if !o_new && o.xlate != *xlate && r_new {
-            // Lost a race: another worker bound this flow differently; drop our reply entry.
-            self.remove(&rkey);
-        }
-        Ok(o.xlate)
-    }
-
-    /// Removes a flow given either of its entries.
-    pub fn remove_flow(&self, e: &Entry) {
-        self.remove(&e.key);
-        self.remove(&e.xlate.reverse());
-    }
-
-    /// ClientIP affinity: the backend `client` was sent to for the service at `vip:vport/proto`,
-    /// if that record is younger than `timeout` seconds.
-    pub fn affinity_get(
-        &self,
-        client: u32,
-        vip: u32,
-        vport: u16,
-        proto: u8,
-        now: u16,
-        timeout: u32,
-    ) -> Option<(u32, u16)> {
-        let key = Tuple {
-            src: client,
-            dst: vip,
-            sport: 0,
-            dport: vport,
-            proto: proto | 0x80,
-        };
-        let hit = self.lookup(&key)?;
-        if age_secs(now, hit.entry.last_seen) > timeout {
-            return None;
-        }
-        self.touch(&hit, now, 0);
-        Some((hit.entry.xlate.dst, hit.entry.xlate.dport))
-    }
-
-    /// Records (or refreshes) ClientIP affinity; `timeout` is kept with the record for GC.
-    #[allow(clippy::too_many_arguments)] // a tuple's fields plus the binding
-    pub fn affinity_set(
-        &self,
-        client: u32,
-        vip: u32,
-        vport: u16,
-        proto: u8,
-        backend: (u32, u16),
-        now: u16,
-        timeout: u32,
-    ) {
-        let key = Tuple {
-            src: client,
-            dst: vip,
-            sport: 0,
-            dport: vport,
-            proto: proto | 0x80,
-        };
-        let val = Tuple {
-            src: timeout,
-            dst: backend.0,
-            sport: 0,
-            dport: backend.1,
-            proto: proto | 0x80,
-        };
-        let (e, new, ev) = self.insert_one(&key, self.hash(&key), &val, flags::AFFINITY, now, 0);
-        if let Some(p) = ev {
-            self.remove(&p);
-        }
-        if !new && e.xlate != val {
-            self.remove(&key);
-            let (_, _, ev) = self.insert_one(&key, self.hash(&key), &val, flags::AFFINITY, now, 0);
-            if let Some(p) = ev {
-                self.remove(&p);
-            }
-        }
-    }
-
-    /// The timeout of an entry given its flags and its partner's flags.
-    fn timeout_of(&self, proto_n: u8, f: u8, partner: u8) -> u32 {
-        let t = &self.timeouts;
-        let both = f | partner;
-        let replied = (if f & flags::REPLY != 0 { f } else { partner }) & flags::SEEN != 0;
-        match proto_n {
-            proto::TCP => {
-                if both & flags::RST != 0 || (f & flags::FIN != 0 && partner & flags::FIN != 0) {
-                    t.tcp_closing
-                } else if replied {
-                    t.tcp_established
-                } else {
-                    t.tcp_syn
-                }
-            }
-            _ if replied => t.udp_stream,
-            _ => t.udp,
-        }
-    }
-
     /// Consistent copies of the entries in use in bucket `b` (lock-free).
-    fn bucket_entries(&self, b: usize) -> [Option<Entry>; SLOTS] {
+    pub(super) fn bucket_entries(&self, b: usize) -> [Option<Entry>; SLOTS] {
         let mut out = [None; SLOTS];
         for (lane, e) in out.iter_mut().enumerate() {
             if self.lane_tag(b, lane) == 0 {
@@ -901,73 +608,6 @@ impl Conntrack {
             }
         }
         out
-    }
-
-    /// One GC step over up to `max_buckets` buckets from the cursor: removes flows whose both
-    /// entries are past their timeout, and expired affinity records.
-    pub fn gc(&self, now_secs: u32, max_buckets: usize) -> GcStats {
-        let now = tick(now_secs);
-        let n = self.n_buckets;
-        let mut st = GcStats::default();
-        for _ in 0..max_buckets.min(n) {
-            let b = self.gc_cursor.fetch_add(1, Ordering::Relaxed) % n;
-            st.buckets += 1;
-            for e in self.bucket_entries(b).iter().flatten() {
-                let expired = if e.flags & flags::AFFINITY != 0 {
-                    // An affinity record keeps its timeout where a flow keeps its source.
-                    age_secs(now, e.last_seen) > e.xlate.src
-                } else {
-                    // A flow lives as long as its more recently seen direction.
-                    let partner = self.lookup(&e.xlate.reverse()).map(|h| h.entry);
-                    let pf = partner.map_or(0, |p| p.flags);
-                    let age = partner.map_or(age_secs(now, e.last_seen), |p| {
-                        age_secs(now, p.last_seen).min(age_secs(now, e.last_seen))
-                    });
-                    age > self.timeout_of(e.key.proto, e.flags, pf)
-                };
-                if !expired {
-                    continue;
-                }
-                st.removed += self.remove(&e.key) as usize;
-                if e.flags & flags::AFFINITY == 0 {
-                    st.removed += self.remove(&e.xlate.reverse()) as usize;
-                }
-            }
-        }
-        st
-    }
-
-    /// Removes every flow (both entries) for which `pred` holds on the original-direction entry.
-    /// Walks the whole table one bucket lock at a time. Returns the entries removed.
-    pub fn purge(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
-        let mut removed = 0;
-        for b in 0..self.n_buckets {
-            for e in self.bucket_entries(b).iter().flatten() {
-                if e.flags & (flags::REPLY | flags::AFFINITY) == 0 && pred(e) {
-                    removed +=
-                        self.remove(&e.key) as usize + self.remove(&e.xlate.reverse()) as usize;
-                }
-            }
-        }
-        removed
-    }
-
-    /// Expires UDP flows whose backend is no longer a backend of the service they were sent to
-    /// in `fib` (the table just published, after [`crate::rcu::Published::wait_for_readers`]).
-    /// Stale UDP entries would otherwise keep sending a client's datagrams to a dead backend
-    /// for as long as the client keeps talking (Kubernetes issue 125467). TCP flows are kept:
-    /// they end by themselves (FIN/RST) like kube-proxy's graceful termination.
-    pub fn expire_removed_udp_backends(&self, fib: &crate::fib::Fib) -> usize {
-        self.purge(|e| {
-            if e.key.proto != proto::UDP {
-                return false;
-            }
-            let backend = std::net::SocketAddrV4::new(e.xlate.dst.into(), e.xlate.dport);
-            match fib.service(e.key.dst, e.key.dport, e.key.proto) {
-                Some(svc) => !svc.lb.has_backend(backend),
-                None => true,
-            }
-        })
     }
 
     /// Calls `f` with every entry (a consistent copy of each; the table may change meanwhile).
@@ -985,11 +625,11 @@ pub struct MacTable {
     slots: Box<[AtomicU64]>,
 }
 
-const MAC_SLOTS: usize = 4096;
-const MAC_VALID: u64 = 1 << 63;
+pub(super) const MAC_SLOTS: usize = 4096;
+pub(super) const MAC_VALID: u64 = 1 << 63;
 
 impl MacTable {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             slots: (0..MAC_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -1017,6 +657,3 @@ impl MacTable {
         (v & MAC_VALID != 0).then(|| crate::wire::MacAddr::from_u64(v))
     }
 }
-
-#[cfg(test)]
-mod tests;
