@@ -259,9 +259,8 @@ impl Pipeline {
             let m = &mut self.meta[i];
             if self.pending[i] && m.ports {
                 ct.prefetch_slot(m.hash);
-                let opener =
-                    m.proto == proto::UDP || m.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
-                if opener {
+                // `svc_known`: stage one found it may open a flow and looked its service up.
+                if m.svc_known {
                     let t = m.tuple;
                     if let Some(svc) = fib.svc_hit(m.svc) {
                         let raw_uplink = kind == PortKind::Uplink && !m.decapped;
@@ -301,11 +300,14 @@ impl Pipeline {
                 out[i] = self.commit_new_flow(&cx, p, &m, nf);
             }
         }
+        // Transmissions counted once per batch; drops by reason as they come.
+        let mut tx = 0u64;
         for v in out.iter() {
             match v {
-                Verdict::Tx(_) => self.counters.tx.inc(),
+                Verdict::Tx(_) => tx += 1,
                 Verdict::Drop(r) => self.counters.count_drop(*r),
             }
         }
+        self.counters.tx.add(tx);
     }
 }
