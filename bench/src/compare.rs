@@ -25,7 +25,7 @@
 //! in the table (and in iptables), and time the first packet of new flows.
 
 use crate::lab::{self, GATEWAY_MAC, Lab, LabService, LabSpec, POD_PORT, run as sh, run_stdin};
-use crate::loadgen::frame::{FrameSpec, Proto};
+use crate::loadgen::frame::{Proto, TrafficSpec};
 use crate::loadgen::{self, Outcome, Place, RunSpec, parse_mac};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -621,7 +621,7 @@ impl Bed {
         let tcp = s == Scenario::ClusterIpTcp;
         let proto = if tcp { Proto::TcpHandshake } else { Proto::Udp };
         Ok(RunSpec {
-            frame: FrameSpec {
+            frame: TrafficSpec {
                 src_mac: from.1,
                 dst_mac,
                 src_ip: from.2,

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use xdpnet_bench::lab;
-use xdpnet_bench::loadgen::frame::{FrameSpec, Proto};
+use xdpnet_bench::loadgen::frame::{Proto, TrafficSpec};
 use xdpnet_bench::loadgen::{self, Outcome, Place, RunSpec, parse_mac};
 
 pub const USAGE: &str = "  loadgen    AF_XDP traffic generator and sink (root; in lab namespaces)
@@ -172,7 +172,7 @@ pub fn loadgen(args: &[String]) -> Result<()> {
         }
     };
     let spec = RunSpec {
-        frame: FrameSpec {
+        frame: TrafficSpec {
             src_mac: from_mac,
             dst_mac,
             src_ip,

@@ -263,12 +263,12 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::super::frame::{FrameSpec, Proto, Template};
+    use super::super::frame::{Proto, Template, TrafficSpec};
     use super::*;
     use std::net::Ipv4Addr;
 
     fn template() -> Template {
-        Template::new(&FrameSpec {
+        Template::new(&TrafficSpec {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
             src_ip: Ipv4Addr::new(10, 244, 1, 10),

@@ -70,7 +70,7 @@ impl Proto {
 
 /// Addresses and shape of the generated frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameSpec {
+pub struct TrafficSpec {
     /// Source MAC (the sending interface's).
     pub src_mac: [u8; 6],
     /// Destination MAC (the next hop: gateway or node).
@@ -128,7 +128,7 @@ fn fold(mut s: u64) -> u16 {
 
 impl Template {
     /// Builds the frame; errors on a size outside `proto.min_frame()..=MAX_FRAME`.
-    pub fn new(spec: &FrameSpec) -> Result<Self, String> {
+    pub fn new(spec: &TrafficSpec) -> Result<Self, String> {
         let min = spec.proto.min_frame();
         if spec.size < min || spec.size > MAX_FRAME {
             return Err(format!(
@@ -441,8 +441,8 @@ mod tests {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     use proptest::prelude::*;
 
-    fn spec(proto: Proto, size: usize) -> FrameSpec {
-        FrameSpec {
+    fn spec(proto: Proto, size: usize) -> TrafficSpec {
+        TrafficSpec {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
             src_ip: Ipv4Addr::new(10, 244, 1, 10),

@@ -21,7 +21,7 @@ pub mod frame;
 use crate::lab::{self, run as sh};
 use account::{Generator, Pacer, Report, Sink};
 use anyhow::{Context, Result, bail};
-use frame::{FrameSpec, Proto, Template, flags};
+use frame::{Proto, Template, TrafficSpec, flags};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -180,7 +180,7 @@ fn libc_ebusy() -> i32 {
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     /// The frames.
-    pub frame: FrameSpec,
+    pub frame: TrafficSpec,
     /// Flows (source ports `frame.src_port ..`).
     pub flows: u16,
     /// Offered packets per second; `None` = as fast as possible.
