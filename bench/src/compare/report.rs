@@ -1,0 +1,126 @@
+//! The report: ratios to the kernel path, the summary and scale tables.
+
+use super::*;
+
+pub(super) fn find(cells: &[Cell], v: Variant, s: Scenario) -> Option<&Cell> {
+    cells.iter().find(|c| c.variant == v && c.scenario == s)
+}
+
+pub(super) fn ratios(cells: &[Cell]) -> Value {
+    let mut out = serde_json::Map::new();
+    for s in Scenario::ALL {
+        let get = |v| find(cells, v, s).map(|c| c.saturation.rate());
+        let (k, io, f) = (
+            get(Variant::Kernel),
+            get(Variant::IoOnly),
+            get(Variant::Full),
+        );
+        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        out.insert(
+            s.name().into(),
+            json!({"full_over_io_only": div(f, io), "full_over_kernel": div(f, k)}),
+        );
+    }
+    Value::Object(out)
+}
+
+pub(super) fn summary_table(cells: &[Cell], opts: &Options) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| scenario | kernel Mpps | io-only Mpps | full Mpps | full / io-only | full / kernel | core {} busy (k / io / full) | p99 us at half kernel rate (k / io / full) |",
+        opts.dp_core
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    for s in Scenario::ALL {
+        let get = |v| find(cells, v, s);
+        if [Variant::Kernel, Variant::IoOnly, Variant::Full]
+            .iter()
+            .all(|&v| get(v).is_none())
+        {
+            continue;
+        }
+        let rate = |v| get(v).map(|c| mpps(&c.saturation));
+        let f3 = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3}"));
+        let f2 = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let cpu = |v| {
+            get(v).map_or("-".into(), |c| {
+                format!("{:.0}%", c.saturation.cpu_dp * 100.0)
+            })
+        };
+        let p99 = |v| {
+            get(v)
+                .and_then(|c| c.latency.as_ref())
+                .map_or("-".into(), |l| {
+                    format!("{:.1}", us(l.outcome.report.latency.p99))
+                })
+        };
+        let (k, io, f) = (
+            rate(Variant::Kernel),
+            rate(Variant::IoOnly),
+            rate(Variant::Full),
+        );
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} |",
+            s.name(),
+            f3(k),
+            f3(io),
+            f3(f),
+            f2(div(f, io)),
+            f2(div(f, k)),
+            cpu(Variant::Kernel),
+            cpu(Variant::IoOnly),
+            cpu(Variant::Full),
+            p99(Variant::Kernel),
+            p99(Variant::IoOnly),
+            p99(Variant::Full),
+        );
+    }
+    t
+}
+
+pub(super) fn scale_table(points: &[ScalePoint]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| variant | services | delivered Mpps | vs first scale point | first packet p50 us | first packet p99 us | first packets delivered |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for p in points {
+        let base = points
+            .iter()
+            .find(|q| q.variant == p.variant)
+            .map_or(1.0, |q| mpps(&q.saturation));
+        let r = &p.first_packet.outcome.report;
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.3} | {:.3} | {:.1} | {:.1} | {} / {} |",
+            p.variant.name(),
+            p.services,
+            mpps(&p.saturation),
+            mpps(&p.saturation) / base.max(1e-9),
+            us(r.latency.p50),
+            us(r.latency.p99),
+            r.received,
+            r.sent
+        );
+    }
+    t
+}
+
+/// Delivered per second in a run's JSON: completed handshakes for `tcp-handshake`, else
+/// packets at the sink.
+pub(super) fn json_rate(run: &Value) -> f64 {
+    match run["handshakes"]["per_second"].as_f64() {
+        Some(h) => h,
+        None => run["rx_pps"].as_f64().unwrap_or(0.0),
+    }
+}
