@@ -9,41 +9,60 @@ use xdpnet_bench::lab::{self, Lab, LabSpec, POD_PORT};
 
 const DEFAULT_PREFIX: &str = "xnlab";
 
+/// The lab's shape.
+#[derive(Debug, clap::Args)]
+pub struct LabOpts {
+    /// Nodes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=200))]
+    nodes: u16,
+    /// Pods per node.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=200))]
+    pods: u16,
+    /// Prefix of every namespace and file (default: xndemo for the demo, xnlab for a lab).
+    #[arg(long, value_parser = prefix)]
+    prefix: Option<String>,
+}
+
+/// A lab's name.
+#[derive(Debug, clap::Args)]
+pub struct PrefixOpt {
+    /// Prefix of the lab's namespaces and files.
+    #[arg(long, default_value = DEFAULT_PREFIX, value_parser = prefix)]
+    prefix: String,
+}
+
+/// `lab` commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCmd {
+    /// Build a lab and leave it running.
+    Up(LabOpts),
+    /// Show a running lab's daemons.
+    Status(PrefixOpt),
+    /// Remove a lab (processes, namespaces, files).
+    Down(PrefixOpt),
+}
+
+fn prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 12 || !s.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err("1 to 12 letters or digits".into());
+    }
+    Ok(s.to_string())
+}
+
 struct Opts {
     nodes: usize,
     pods: usize,
     prefix: String,
 }
 
-fn opts(args: &[String], prefix: &str) -> Result<Opts> {
-    let mut o = Opts {
-        nodes: 2,
-        pods: 2,
-        prefix: prefix.to_string(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut num = |what: &str| -> Result<usize> {
-            let v = it.next().with_context(|| format!("{what} needs a value"))?;
-            v.parse()
-                .with_context(|| format!("{what} {v:?} is not a number"))
-        };
-        match a.as_str() {
-            "--nodes" => o.nodes = num("--nodes")?,
-            "--pods" => o.pods = num("--pods")?,
-            "--prefix" => {
-                o.prefix = it.next().context("--prefix needs a value")?.clone();
-                if o.prefix.is_empty()
-                    || o.prefix.len() > 12
-                    || !o.prefix.chars().all(|c| c.is_ascii_alphanumeric())
-                {
-                    bail!("--prefix: 1 to 12 letters or digits");
-                }
-            }
-            other => bail!("unknown option {other:?}"),
+impl LabOpts {
+    fn with_default(self, prefix: &str) -> Opts {
+        Opts {
+            nodes: usize::from(self.nodes),
+            pods: usize::from(self.pods),
+            prefix: self.prefix.unwrap_or_else(|| prefix.to_string()),
         }
     }
-    Ok(o)
 }
 
 fn root() -> Result<()> {
@@ -54,12 +73,11 @@ fn root() -> Result<()> {
 }
 
 /// `lab up|down|status`.
-pub fn lab(args: &[String]) -> Result<()> {
+pub fn lab(cmd: LabCmd) -> Result<()> {
     root()?;
-    let rest = args.get(1..).unwrap_or_default();
-    match args.first().map(String::as_str) {
-        Some("up") => {
-            let o = opts(rest, DEFAULT_PREFIX)?;
+    match cmd {
+        LabCmd::Up(o) => {
+            let o = o.with_default(DEFAULT_PREFIX);
             lab::cleanup_on_signal()?;
             let lab = Lab::up(&LabSpec::new(&o.prefix, o.nodes, o.pods))?;
             println!(
@@ -80,15 +98,13 @@ pub fn lab(args: &[String]) -> Result<()> {
             lab.keep();
             Ok(())
         }
-        Some("down") => {
-            let o = opts(rest, DEFAULT_PREFIX)?;
+        LabCmd::Down(o) => {
             let n = lab::teardown(&o.prefix);
             let _ = std::fs::remove_dir_all(lab::lab_dir(&o.prefix));
             println!("lab {}: removed {n} namespaces", o.prefix);
             Ok(())
         }
-        Some("status") => {
-            let o = opts(rest, DEFAULT_PREFIX)?;
+        LabCmd::Status(o) => {
             let nss = lab::namespaces(&o.prefix);
             if nss.is_empty() {
                 println!("no lab with prefix {}", o.prefix);
@@ -124,14 +140,13 @@ pub fn lab(args: &[String]) -> Result<()> {
             }
             Ok(())
         }
-        _ => bail!("usage: xdpnet-bench lab up|down|status [--nodes N] [--pods M] [--prefix P]"),
     }
 }
 
 /// The README's demo.
-pub fn demo(args: &[String]) -> Result<()> {
+pub fn demo(o: LabOpts) -> Result<()> {
     root()?;
-    let o = opts(args, "xndemo")?;
+    let o = o.with_default("xndemo");
     // Ctrl-C (or SIGTERM) at any point removes the lab and exits.
     lab::cleanup_on_signal()?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,32 +1,106 @@
 //! `xdpnet-bench loadgen`: command line of the AF_XDP generator and sink.
 
 use anyhow::{Context, Result, bail};
+use xdpnet_bench::compare::{self, Options, Scenario, Variant};
 use xdpnet_bench::lab;
 use xdpnet_bench::loadgen::frame::{Proto, TrafficSpec};
 use xdpnet_bench::loadgen::{self, Outcome, Place, RunSpec, parse_mac};
 
-pub const USAGE: &str = "  loadgen    AF_XDP traffic generator and sink (root; in lab namespaces)
-    --from NS:IF     the generator's interface (e.g. a pod's eth0)
-    --to NS:IF       the sink's interface (every frame it gets is taken by an XDP program)
-    --dst-ip A       destination address (pod, ClusterIP, node address for a NodePort)
-    --dst-port P     destination port (default 8080)
-    --dst-mac M      next hop MAC (default: the xdpnet gateway MAC 02:fe:78:64:70:01)
-    --src-ip A       source address (default: the --from interface's)
-    --src-port P     source port of flow 0; flow f uses P+f (default 10000)
-    --src-addrs N    flow f sends from src-ip + f mod N (default 1; for clients outside the
-                     cluster: pods sending from other addresses are dropped as spoofed)
-    --proto udp|tcp-syn|tcp-handshake   (default udp); tcp-syn: SYNs only (new connections);
-                     tcp-handshake: the sink answers SYN-ACK, the generator ACK then RST
-    --size N         frame bytes without FCS, 58..1514 (udp) / 82..1514 (tcp) (default 64)
-    --flows N        flows, 1..65535 (default 1)
-    --rate R         offered packets/s (500k, 1.5M, ...) (default: as fast as possible)
-    --seconds S      generating time (default 5)
-    --packets N      stop after N packets
-    --core C         pin the loop to core C
-    --json FILE      write the result (and the ceiling) as JSON
-    --no-ceiling     skip the ceiling run (generator straight into the sink over a veth pair)
-    --prefix P       namespaces of the ceiling run (default xlg<pid>)
-    Without --from/--to only the ceiling runs.";
+/// `loadgen` options. Without --from/--to only the ceiling runs.
+#[derive(Debug, clap::Args)]
+pub struct LoadgenArgs {
+    /// The generator's interface, NAMESPACE:INTERFACE (e.g. a pod's eth0).
+    #[arg(long, value_parser = place, requires = "to")]
+    from: Option<Place>,
+    /// The sink's interface, NAMESPACE:INTERFACE (every frame it gets is taken by an XDP
+    /// program).
+    #[arg(long, value_parser = place, requires = "from")]
+    to: Option<Place>,
+    /// Destination address (pod, ClusterIP, node address for a NodePort); required with
+    /// --from/--to.
+    #[arg(long)]
+    dst_ip: Option<std::net::Ipv4Addr>,
+    /// Destination port.
+    #[arg(long, default_value_t = lab::POD_PORT)]
+    dst_port: u16,
+    /// Next hop MAC.
+    #[arg(long, default_value = lab::GATEWAY_MAC, value_parser = mac)]
+    dst_mac: [u8; 6],
+    /// Source address (default: the --from interface's).
+    #[arg(long)]
+    src_ip: Option<std::net::Ipv4Addr>,
+    /// Source port of flow 0; flow f uses P+f.
+    #[arg(long, default_value_t = 10_000)]
+    src_port: u16,
+    /// Flow f sends from src-ip + f mod N (for clients outside the cluster: pods sending from
+    /// other addresses are dropped as spoofed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    src_addrs: u16,
+    /// udp, tcp-syn (SYNs only: new connections) or tcp-handshake (the sink answers SYN-ACK,
+    /// the generator ACK then RST).
+    #[arg(long, default_value = "udp", value_parser = proto)]
+    proto: Proto,
+    /// Frame bytes without FCS, 58..1514 (udp) / 82..1514 (tcp).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Flows, 1..65535.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    flows: u16,
+    /// Offered packets/s (500k, 1.5M, ...); default: as fast as possible.
+    #[arg(long, value_parser = rate)]
+    rate: Option<f64>,
+    /// Generating time, (0, 3600].
+    #[arg(long, default_value_t = 5.0, value_parser = secs3600)]
+    seconds: f64,
+    /// Stop after N packets.
+    #[arg(long)]
+    packets: Option<u64>,
+    /// Pin the loop to this core.
+    #[arg(long)]
+    core: Option<usize>,
+    /// Write the result (and the ceiling) as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+    /// Skip the ceiling run (generator straight into the sink over a veth pair).
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Namespaces of the ceiling run (default xlg<pid>).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+fn mac(s: &str) -> Result<[u8; 6], String> {
+    parse_mac(s).map_err(|e| format!("{e:#}"))
+}
+
+fn proto(s: &str) -> Result<Proto, String> {
+    match s {
+        "udp" => Ok(Proto::Udp),
+        "tcp-syn" => Ok(Proto::TcpSyn),
+        "tcp-handshake" => Ok(Proto::TcpHandshake),
+        o => Err(format!("{o:?}: udp, tcp-syn or tcp-handshake")),
+    }
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    parse_rate(s).map_err(|e| format!("{e:#}"))
+}
+
+fn secs3600(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        Ok(_) => Err("must be in (0, 3600]".into()),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+fn secs600(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 600.0 => Ok(v),
+        Ok(_) => Err("must be in (0, 600]".into()),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
 
 /// Parses `1.5M`, `500k`, `2000`.
 pub fn parse_rate(s: &str) -> Result<f64> {
@@ -44,14 +118,11 @@ pub fn parse_rate(s: &str) -> Result<f64> {
     Ok(v * mul)
 }
 
-fn place(s: &str) -> Result<Place> {
-    let (ns, ifname) = s
-        .split_once(':')
-        .with_context(|| format!("{s:?}: want NAMESPACE:INTERFACE"))?;
-    if ns.is_empty() || ifname.is_empty() {
-        bail!("{s:?}: want NAMESPACE:INTERFACE");
+fn place(s: &str) -> Result<Place, String> {
+    match s.split_once(':') {
+        Some((ns, ifname)) if !ns.is_empty() && !ifname.is_empty() => Ok(Place::new(ns, ifname)),
+        _ => Err(format!("{s:?}: want NAMESPACE:INTERFACE")),
     }
-    Ok(Place::new(ns, ifname))
 }
 
 /// One line of a result.
@@ -75,87 +146,30 @@ pub fn summary(name: &str, o: &Outcome) -> String {
     )
 }
 
-pub fn loadgen(args: &[String]) -> Result<()> {
+pub fn loadgen(a: LoadgenArgs) -> Result<()> {
     lab::cleanup_on_signal()?;
-    let mut from = None;
-    let mut to = None;
-    let mut dst_ip = None;
-    let mut src_ip = None;
-    let mut dst_mac = parse_mac(lab::GATEWAY_MAC)?;
-    let mut dst_port = lab::POD_PORT;
-    let mut src_port = 10_000u16;
-    let mut src_addrs = 1u16;
-    let mut proto = Proto::Udp;
-    let mut size = 64usize;
-    let mut flows = 1u16;
-    let mut rate = None;
-    let mut seconds = 5.0f64;
-    let mut packets = None;
-    let mut core = None;
-    let mut json = None;
-    let mut ceiling = true;
-    let mut prefix = format!("xlg{}", std::process::id());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--no-ceiling" {
-            ceiling = false;
-            continue;
-        }
-        let v = it
-            .next()
-            .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
-        let num = |what: &str| -> Result<u64> {
-            v.parse()
-                .with_context(|| format!("{what} {v:?} is not a number"))
-        };
-        match a.as_str() {
-            "--from" => from = Some(place(v)?),
-            "--to" => to = Some(place(v)?),
-            "--dst-ip" => dst_ip = Some(v.parse().with_context(|| format!("--dst-ip {v:?}"))?),
-            "--src-ip" => src_ip = Some(v.parse().with_context(|| format!("--src-ip {v:?}"))?),
-            "--dst-mac" => dst_mac = parse_mac(v)?,
-            "--dst-port" => dst_port = u16::try_from(num("--dst-port")?).context("port")?,
-            "--src-port" => src_port = u16::try_from(num("--src-port")?).context("port")?,
-            "--src-addrs" => {
-                src_addrs = u16::try_from(num("--src-addrs")?)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .context("--src-addrs must be 1..65535")?
-            }
-            "--proto" => {
-                proto = match v.as_str() {
-                    "udp" => Proto::Udp,
-                    "tcp-syn" => Proto::TcpSyn,
-                    "tcp-handshake" => Proto::TcpHandshake,
-                    o => bail!("--proto {o:?}: udp, tcp-syn or tcp-handshake"),
-                }
-            }
-            "--size" => size = num("--size")? as usize,
-            "--flows" => {
-                flows = u16::try_from(num("--flows")?)
-                    .ok()
-                    .filter(|f| *f > 0)
-                    .context("--flows must be 1..65535")?
-            }
-            "--rate" => rate = Some(parse_rate(v)?),
-            "--seconds" => {
-                seconds = v
-                    .parse()
-                    .with_context(|| format!("--seconds {v:?} is not a number"))?
-            }
-            "--packets" => packets = Some(num("--packets")?),
-            "--core" => core = Some(num("--core")? as usize),
-            "--json" => json = Some(std::path::PathBuf::from(v)),
-            "--prefix" => prefix = v.clone(),
-            other => bail!("unknown option {other:?}\n{USAGE}"),
-        }
-    }
-    if !(seconds > 0.0 && seconds <= 3600.0) {
-        bail!("--seconds must be in (0, 3600]");
-    }
-    if from.is_some() != to.is_some() {
-        bail!("--from and --to go together");
-    }
+    let LoadgenArgs {
+        from,
+        to,
+        dst_ip,
+        dst_port,
+        dst_mac,
+        src_ip,
+        src_port,
+        src_addrs,
+        proto,
+        size,
+        flows,
+        rate,
+        seconds,
+        packets,
+        core,
+        json,
+        no_ceiling,
+        prefix,
+    } = a;
+    let ceiling = !no_ceiling;
+    let prefix = prefix.unwrap_or_else(|| format!("xlg{}", std::process::id()));
     let from_mac;
     let src_ip = match (&from, src_ip) {
         (Some(f), None) => {
@@ -252,122 +266,132 @@ pub fn loadgen(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub const COMPARE_USAGE: &str =
-    "  compare    xdpnet against the kernel path (Flannel VXLAN + kube-proxy iptables) on one lab:
-             kernel, xdpnetd --io-only and xdpnetd, each scenario at saturation and at half the
-             kernel path's rate (latency), then scale runs; writes compare.json and compare.svg
-    --seconds S          per saturation run (default 3)
-    --latency-seconds S  per fixed-rate run (default 2)
-    --size N --flows N   frames (default 64 bytes, 64 flows)
-    --scale A,B,C|none   service counts of the scale runs (default 100,1000,10000)
-    --variants LIST      of kernel,io-only,full (default all)
-    --scenarios LIST     of pod-pod-same-node,pod-pod-cross-node,pod-clusterip,external-nodeport,
-                         pod-clusterip-tcp-handshake
-    --probes N           rate-search runs per saturation cell (default 6)
-    --xdpnet-arg ARG     extra xdpnetd argument for both xdpnet variants (repeatable),
-                         e.g. --xdpnet-arg --busy-poll
-    --napi-fifo PRIO     xdpnet's NAPI threads SCHED_FIFO at PRIO (they preempt a
-                         busy-polling worker at once, as softirqs would)
-    --out DIR            (default target/compare)   --prefix P   lab prefix
-  compare --plot RESULT.json OUT.svg   redraw the chart of a saved result";
+/// `compare` options.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// Seconds per saturation run.
+    #[arg(long, value_parser = secs600)]
+    seconds: Option<f64>,
+    /// Seconds per fixed-rate run.
+    #[arg(long, value_parser = secs600)]
+    latency_seconds: Option<f64>,
+    /// Frame bytes.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Flows.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    flows: Option<u16>,
+    /// Service counts of the scale runs, comma-separated (2..60000 each), or `none`.
+    #[arg(long, value_name = "A,B,C|none")]
+    scale: Option<String>,
+    /// Variants, comma-separated: kernel, io-only, full.
+    #[arg(long, value_delimiter = ',', value_parser = variant)]
+    variants: Option<Vec<Variant>>,
+    /// Scenarios, comma-separated: pod-pod-same-node, pod-pod-cross-node, pod-clusterip,
+    /// external-nodeport, pod-clusterip-tcp-handshake.
+    #[arg(long, value_delimiter = ',', value_parser = scenario)]
+    scenarios: Option<Vec<Scenario>>,
+    /// Rate-search runs per saturation cell (0..20).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=20))]
+    probes: Option<u8>,
+    /// Extra xdpnetd argument for both xdpnet variants (repeatable), e.g.
+    /// --xdpnet-arg=--busy-poll.
+    #[arg(long, allow_hyphen_values = true)]
+    xdpnet_arg: Vec<String>,
+    /// xdpnet's NAPI threads SCHED_FIFO at this priority (1..99: they preempt a busy-polling
+    /// worker at once, as softirqs would).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    napi_fifo: Option<u8>,
+    /// Output directory (default target/compare).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Lab prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Redraw the chart of a saved result instead of measuring: RESULT.json OUT.svg.
+    #[arg(long, num_args = 2, value_names = ["RESULT.json", "OUT.svg"])]
+    plot: Option<Vec<std::path::PathBuf>>,
+}
 
-pub fn compare(args: &[String]) -> Result<()> {
-    use xdpnet_bench::compare::{self, Options, Scenario, Variant};
+fn variant(s: &str) -> Result<Variant, String> {
+    Variant::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("variant {s:?}: kernel, io-only, full"))
+}
+
+fn scenario(s: &str) -> Result<Scenario, String> {
+    Scenario::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("scenario {s:?}"))
+}
+
+pub fn compare(a: CompareArgs) -> Result<()> {
     lab::cleanup_on_signal()?;
-    if args.first().map(String::as_str) == Some("--plot") {
-        let (Some(json), Some(svg)) = (args.get(1), args.get(2)) else {
-            bail!("--plot RESULT.json OUT.svg");
-        };
-        let text = std::fs::read_to_string(json).with_context(|| format!("reading {json}"))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{json} is not JSON"))?;
+    if let Some(p) = &a.plot {
+        let (json, svg) = (&p[0], &p[1]);
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", json.display()))?;
         if !v["results"].is_array() {
-            bail!("{json} is not a compare result (no \"results\")");
+            bail!(
+                "{} is not a compare result (no \"results\")",
+                json.display()
+            );
         }
-        std::fs::write(svg, compare::svg(&v)).with_context(|| format!("writing {svg}"))?;
-        println!("wrote {svg}");
+        std::fs::write(svg, compare::svg(&v))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        println!("wrote {}", svg.display());
         return Ok(());
     }
     let mut o = Options::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it
-            .next()
-            .with_context(|| format!("{a} needs a value\n{COMPARE_USAGE}"))?;
-        let float = || -> Result<f64> {
-            let x: f64 = v
-                .parse()
-                .with_context(|| format!("{a} {v:?} is not a number"))?;
-            if !(x > 0.0 && x <= 600.0) {
-                bail!("{a} must be in (0, 600]");
-            }
-            Ok(x)
-        };
-        match a.as_str() {
-            "--seconds" => o.seconds = float()?,
-            "--latency-seconds" => o.latency_seconds = float()?,
-            "--size" => o.size = v.parse().with_context(|| format!("--size {v:?}"))?,
-            "--flows" => {
-                o.flows = v
-                    .parse()
-                    .ok()
-                    .filter(|f| *f > 0)
-                    .context("--flows must be 1..65535")?
-            }
-            "--scale" if v == "none" => o.scale.clear(),
-            "--scale" => {
-                o.scale = v
-                    .split(',')
-                    .map(|x| {
-                        x.parse::<usize>()
-                            .ok()
-                            .filter(|n| (2..=60_000).contains(n))
-                            .with_context(|| format!("--scale {x:?}: 2..60000 services"))
-                    })
-                    .collect::<Result<_>>()?
-            }
-            "--variants" => {
-                o.variants = v
-                    .split(',')
-                    .map(|x| {
-                        Variant::ALL
-                            .into_iter()
-                            .find(|k| k.name() == x)
-                            .with_context(|| format!("variant {x:?}: kernel, io-only, full"))
-                    })
-                    .collect::<Result<_>>()?
-            }
-            "--scenarios" => {
-                o.scenarios = v
-                    .split(',')
-                    .map(|x| {
-                        Scenario::ALL
-                            .into_iter()
-                            .find(|k| k.name() == x)
-                            .with_context(|| format!("scenario {x:?}"))
-                    })
-                    .collect::<Result<_>>()?
-            }
-            "--out" => o.out = v.into(),
-            "--xdpnet-arg" => o.xdpnet_args.push(v.clone()),
-            "--napi-fifo" => {
-                o.napi_fifo = Some(
-                    v.parse()
+    if let Some(v) = a.seconds {
+        o.seconds = v;
+    }
+    if let Some(v) = a.latency_seconds {
+        o.latency_seconds = v;
+    }
+    if let Some(v) = a.size {
+        o.size = v;
+    }
+    if let Some(v) = a.flows {
+        o.flows = v;
+    }
+    match a.scale.as_deref() {
+        None => {}
+        Some("none") => o.scale.clear(),
+        Some(v) => {
+            o.scale = v
+                .split(',')
+                .map(|x| {
+                    x.parse::<usize>()
                         .ok()
-                        .filter(|p| (1..=99).contains(p))
-                        .context("--napi-fifo: a SCHED_FIFO priority 1..99")?,
-                )
-            }
-            "--probes" => {
-                o.probes = v
-                    .parse()
-                    .ok()
-                    .filter(|p| *p <= 20)
-                    .context("--probes must be 0..20")?
-            }
-            "--prefix" => o.prefix = v.clone(),
-            other => bail!("unknown option {other:?}\n{COMPARE_USAGE}"),
+                        .filter(|n| (2..=60_000).contains(n))
+                        .with_context(|| format!("--scale {x:?}: 2..60000 services"))
+                })
+                .collect::<Result<_>>()?
         }
+    }
+    if let Some(v) = a.variants {
+        o.variants = v;
+    }
+    if let Some(v) = a.scenarios {
+        o.scenarios = v;
+    }
+    if let Some(v) = a.probes {
+        o.probes = v.into();
+    }
+    o.xdpnet_args.extend(a.xdpnet_arg);
+    if let Some(v) = a.napi_fifo {
+        o.napi_fifo = Some(v);
+    }
+    if let Some(v) = a.out {
+        o.out = v;
+    }
+    if let Some(v) = a.prefix {
+        o.prefix = v;
     }
     compare::run(&o).map(|_| ())
 }

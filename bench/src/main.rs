@@ -7,82 +7,124 @@
 
 #![forbid(unsafe_code)]
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use std::time::Duration;
 use xdpnet_bench::workload::{Bench, Scenario, Size};
 
 mod demo;
 mod loadgen_cli;
 
-const USAGE: &str = "usage: xdpnet-bench <command>
+use clap::{Args, Parser, Subcommand};
 
-  demo       build a lab (2 nodes x 2 pods, a ClusterIP and a NodePort service), send real
-             traffic through xdpnet, print what worked and the rates, tear it down
-  control    control-plane benchmark: 10,000 services x 10 endpoints, 1,000 nodes -> table
-             build time, memory, one EndpointSlice change -> published (p50/p99)
-             [--services N] [--endpoints N] [--nodes N] [--changes N]
-  lab up     build a lab and leave it running   [--nodes N] [--pods M] [--prefix P]
-  lab status show a running lab's daemons        [--prefix P]
-  lab down   remove a lab (processes, namespaces, files)  [--prefix P]
+/// xdpnet's load generator, netns lab and benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "xdpnet-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-  pipeline   run synthetic traffic through the dataplane pipeline in memory (one core) and
-             print Mpps and ns/packet per scenario
-    --small      a small cluster (100 services, 10 nodes, 10,000 flows) instead of the
-                 benchmark size (10,000 services x 10 endpoints, 1,000 nodes, 1,000,000 flows)
-    --seconds S  time per scenario, over all rounds (default 1)
-    --rounds N   interleaved measurement rounds (default 5)
-    --only NAME  run only this scenario (and the copy baseline)";
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build a lab (2 nodes x 2 pods, a ClusterIP and a NodePort service), send real traffic
+    /// through xdpnet, print what worked and the rates, tear it down.
+    Demo(demo::LabOpts),
+    /// Control-plane benchmark: a big cluster's objects -> table build time, memory, one
+    /// EndpointSlice change -> published (p50/p99).
+    Control(ControlArgs),
+    /// A lab in network namespaces: up (left running), status, down.
+    Lab {
+        #[command(subcommand)]
+        cmd: demo::LabCmd,
+    },
+    /// Synthetic traffic through the dataplane pipeline in memory (one core): Mpps and
+    /// ns/packet per scenario.
+    Pipeline(PipelineArgs),
+    /// AF_XDP traffic generator and sink (root; in lab namespaces).
+    Loadgen(loadgen_cli::LoadgenArgs),
+    /// xdpnet against the kernel path (Flannel VXLAN + kube-proxy iptables) on one lab:
+    /// kernel, xdpnetd --io-only and xdpnetd, each scenario at saturation and at half the
+    /// kernel path's rate (latency), then scale runs; writes compare.json and compare.svg.
+    Compare(loadgen_cli::CompareArgs),
+}
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("pipeline") => pipeline(&args[1..]),
-        Some("demo") => demo::demo(&args[1..]),
-        Some("control") => control(&args[1..]),
-        Some("lab") => demo::lab(&args[1..]),
-        Some("loadgen") => loadgen_cli::loadgen(&args[1..]),
-        Some("compare") => loadgen_cli::compare(&args[1..]),
-        Some("-h" | "--help") | None => {
-            println!(
-                "{USAGE}\n\n{}\n\n{}",
-                loadgen_cli::USAGE,
-                loadgen_cli::COMPARE_USAGE
-            );
-            Ok(())
-        }
-        Some(other) => bail!("unknown command {other:?}\n{USAGE}"),
+#[derive(Debug, Args)]
+struct PipelineArgs {
+    /// A small cluster (100 services, 10 nodes, 10,000 flows) instead of the benchmark size
+    /// (10,000 services x 10 endpoints, 1,000 nodes, 1,000,000 flows).
+    #[arg(long)]
+    small: bool,
+    /// Time per scenario, over all rounds (0.01..600).
+    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
+    seconds: f64,
+    /// Interleaved measurement rounds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    rounds: u16,
+    /// Run only this scenario (and the copy baseline).
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=600.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 0.01 and 600".into()),
+        Err(_) => Err(format!("{s:?} is not a number")),
     }
 }
 
-fn pipeline(args: &[String]) -> Result<()> {
-    let mut size = Size::FULL;
-    let mut secs = 1.0f64;
-    let mut only: Option<String> = None;
-    let mut rounds = 5usize;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--small" => size = Size::SMALL,
-            "--rounds" => {
-                let v = it.next().context("--rounds needs a value")?;
-                rounds = v
-                    .parse()
-                    .with_context(|| format!("--rounds {v:?} is not a number"))?;
-                if !(1..=1000).contains(&rounds) {
-                    bail!("--rounds must be between 1 and 1000");
-                }
-            }
-            "--only" => only = Some(it.next().context("--only needs a scenario name")?.clone()),
-            "--seconds" => {
-                let v = it.next().context("--seconds needs a value")?;
-                secs = v
-                    .parse()
-                    .with_context(|| format!("--seconds {v:?} is not a number"))?;
-                if !(0.01..=600.0).contains(&secs) {
-                    bail!("--seconds must be between 0.01 and 600");
-                }
-            }
-            other => bail!("unknown option {other:?}\n{USAGE}"),
+#[derive(Debug, Args)]
+struct ControlArgs {
+    /// Services.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    services: u32,
+    /// Endpoints per service.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    endpoints: u32,
+    /// Nodes.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(2..=60_000))]
+    nodes: u32,
+    /// EndpointSlice changes measured.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    changes: u32,
+}
+
+/// Errors end the process with one line on stderr (the cause chain, no backtrace whatever
+/// `RUST_BACKTRACE` says) and exit status 1.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xdpnet-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Pipeline(a) => pipeline(a),
+        Cmd::Demo(o) => demo::demo(o),
+        Cmd::Control(a) => control(a),
+        Cmd::Lab { cmd } => demo::lab(cmd),
+        Cmd::Loadgen(a) => loadgen_cli::loadgen(a),
+        Cmd::Compare(a) => loadgen_cli::compare(a),
+    }
+}
+
+fn pipeline(a: PipelineArgs) -> Result<()> {
+    let size = if a.small { Size::SMALL } else { Size::FULL };
+    let (secs, rounds, only) = (a.seconds, usize::from(a.rounds), a.only);
+    if let Some(o) = &only {
+        if !Scenario::ALL.iter().any(|s| s.name() == o) {
+            bail!(
+                "--only {o:?}: one of {}",
+                Scenario::ALL
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     let s = size.shape;
@@ -196,29 +238,14 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn control(args: &[String]) -> Result<()> {
+fn control(a: ControlArgs) -> Result<()> {
     use xdpnet_bench::control_bench::{Shape, pct, run};
-    let mut shape = Shape {
-        services: 10_000,
-        endpoints: 10,
-        nodes: 1_000,
+    let shape = Shape {
+        services: a.services as usize,
+        endpoints: a.endpoints as usize,
+        nodes: a.nodes as usize,
     };
-    let mut changes = 1_000usize;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v: usize = it
-            .next()
-            .with_context(|| format!("{a} needs a value"))?
-            .parse()
-            .with_context(|| format!("{a} needs a number"))?;
-        match a.as_str() {
-            "--services" => shape.services = v.max(1),
-            "--endpoints" => shape.endpoints = v.clamp(1, 1000),
-            "--nodes" => shape.nodes = v.clamp(2, 60_000),
-            "--changes" => changes = v.max(1),
-            other => bail!("unknown option {other:?}"),
-        }
-    }
+    let changes = a.changes as usize;
     println!(
         "control plane: {} services x {} endpoints, {} nodes, {} changes",
         shape.services, shape.endpoints, shape.nodes, changes

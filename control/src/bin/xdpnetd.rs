@@ -129,8 +129,19 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let a = Args::parse();
+/// Errors end the process with one line on stderr (the cause chain, no backtrace whatever
+/// `RUST_BACKTRACE` says) and exit status 1.
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xdpnetd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: Args) -> anyhow::Result<()> {
     if let Some(Cmd::Inspect {
         socket,
         json,
