@@ -11,7 +11,7 @@
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Deserialize;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -224,14 +224,16 @@ impl ClusterState {
     }
 
     /// Adds every object of a YAML text (several documents, `kind: List` expanded).
+    /// Documents are numbered from 1 among the non-empty ones.
     pub fn add_yaml(&mut self, path: &Path, text: &str) -> Result<(), StateError> {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let mut input = text.as_bytes();
+        for (i, doc) in serde_saphyr::read::<_, Value>(&mut input).enumerate() {
             let err = |msg: String| StateError::Parse {
                 path: path.to_path_buf(),
                 doc: i + 1,
                 msg,
             };
-            let v = serde_yaml::Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
+            let v = doc.map_err(|e| err(e.to_string()))?;
             if v.is_null() {
                 continue;
             }
@@ -240,7 +242,7 @@ impl ClusterState {
         Ok(())
     }
 
-    fn add_value(&mut self, v: serde_yaml::Value) -> Result<(), String> {
+    fn add_value(&mut self, v: Value) -> Result<(), String> {
         let kind = v
             .get("kind")
             .and_then(|k| k.as_str())
@@ -250,30 +252,30 @@ impl ClusterState {
         match kind.as_str() {
             "List" | "NodeList" | "PodList" | "ServiceList" | "EndpointSliceList"
             | "NamespaceList" => {
-                if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
+                if let Some(items) = v.get("items").and_then(|i| i.as_array()) {
                     for it in items.clone() {
                         self.add_value(it)?;
                     }
                 }
             }
             "Node" => {
-                let n: Node = serde_yaml::from_value(v).map_err(|e| format!("Node: {e}"))?;
+                let n: Node = serde_json::from_value(v).map_err(|e| format!("Node: {e}"))?;
                 named(n.metadata.name.clone())?;
                 self.apply(Event::Upsert(Object::Node(n)), &mut Dirty::default());
             }
             "Pod" => {
-                let p: Pod = serde_yaml::from_value(v).map_err(|e| format!("Pod: {e}"))?;
+                let p: Pod = serde_json::from_value(v).map_err(|e| format!("Pod: {e}"))?;
                 named(key(&p.metadata))?;
                 self.apply(Event::Upsert(Object::Pod(p)), &mut Dirty::default());
             }
             "Service" => {
-                let s: Service = serde_yaml::from_value(v).map_err(|e| format!("Service: {e}"))?;
+                let s: Service = serde_json::from_value(v).map_err(|e| format!("Service: {e}"))?;
                 named(key(&s.metadata))?;
                 self.apply(Event::Upsert(Object::Service(s)), &mut Dirty::default());
             }
             "EndpointSlice" => {
                 let s: EndpointSlice =
-                    serde_yaml::from_value(v).map_err(|e| format!("EndpointSlice: {e}"))?;
+                    serde_json::from_value(v).map_err(|e| format!("EndpointSlice: {e}"))?;
                 named(key(&s.metadata))?;
                 self.apply(
                     Event::Upsert(Object::EndpointSlice(s)),
@@ -282,7 +284,7 @@ impl ClusterState {
             }
             "Namespace" => {
                 let n: Namespace =
-                    serde_yaml::from_value(v).map_err(|e| format!("Namespace: {e}"))?;
+                    serde_json::from_value(v).map_err(|e| format!("Namespace: {e}"))?;
                 named(n.metadata.name.clone())?;
                 self.apply(Event::Upsert(Object::Namespace(n)), &mut Dirty::default());
             }
@@ -508,25 +510,25 @@ impl ClusterState {
 /// Writes `st` as YAML to `path` crash-safely ([`crate::files::write_atomic`]).
 pub fn save(st: &ClusterState, path: &Path) -> std::io::Result<()> {
     let mut text = String::new();
-    let mut doc = |v: Result<String, serde_yaml::Error>| -> std::io::Result<()> {
+    let mut doc = |v: Result<String, serde_saphyr::SerializeError>| -> std::io::Result<()> {
         text.push_str("---\n");
         text.push_str(&v.map_err(std::io::Error::other)?);
         Ok(())
     };
     for n in st.nodes.values() {
-        doc(serde_yaml::to_string(n))?;
+        doc(serde_saphyr::to_string(n))?;
     }
     for p in st.pods.values() {
-        doc(serde_yaml::to_string(p))?;
+        doc(serde_saphyr::to_string(p))?;
     }
     for s in st.services.values() {
-        doc(serde_yaml::to_string(s))?;
+        doc(serde_saphyr::to_string(s))?;
     }
     for s in st.slices.values() {
-        doc(serde_yaml::to_string(s))?;
+        doc(serde_saphyr::to_string(s))?;
     }
     for n in st.namespaces.values() {
-        doc(serde_yaml::to_string(n))?;
+        doc(serde_saphyr::to_string(n))?;
     }
     crate::files::write_atomic(path, text.as_bytes())
 }
@@ -690,6 +692,20 @@ items:
         assert_eq!(st.counts(), [1, 0, 1, 0]);
         assert!(st.services.contains_key("demo/web"));
         assert_eq!(st.ignored, 1);
+    }
+
+    #[test]
+    fn saved_state_loads_back_the_same() {
+        let mut st = ClusterState::default();
+        st.add_yaml(Path::new("t.yaml"), DOC).expect("valid");
+        let dir = std::env::temp_dir().join(format!("xdpnet-save-{}", std::process::id()));
+        let p = dir.join("cluster-state.yaml");
+        save(&st, &p).expect("save");
+        let back = ClusterState::load(&p).expect("load");
+        assert_eq!(back.counts(), st.counts());
+        assert_eq!(back.nodes, st.nodes);
+        assert_eq!(back.services, st.services);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

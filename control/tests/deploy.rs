@@ -5,7 +5,6 @@
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use serde::Deserialize;
 use std::collections::BTreeSet;
 use xdpnet_control::api_double::COLLECTIONS;
 use xdpnet_control::config::{FileConfig, SourceKind};
@@ -24,20 +23,21 @@ fn load() -> Manifests {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/xdpnet.yaml");
     let text = std::fs::read_to_string(path).expect("deploy/xdpnet.yaml");
     let mut m = Manifests::default();
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let v = serde_yaml::Value::deserialize(doc).expect("YAML");
+    let mut input = text.as_bytes();
+    for (i, doc) in serde_saphyr::read::<_, serde_json::Value>(&mut input).enumerate() {
+        let v = doc.expect("YAML");
         if v.is_null() {
             continue;
         }
         let kind = v["kind"].as_str().expect("kind").to_string();
         let ctx = format!("document {} ({kind})", i + 1);
         match kind.as_str() {
-            "Namespace" => m.ns.push(serde_yaml::from_value(v).expect(&ctx)),
-            "ServiceAccount" => m.sa.push(serde_yaml::from_value(v).expect(&ctx)),
-            "ClusterRole" => m.roles.push(serde_yaml::from_value(v).expect(&ctx)),
-            "ClusterRoleBinding" => m.bindings.push(serde_yaml::from_value(v).expect(&ctx)),
-            "ConfigMap" => m.cms.push(serde_yaml::from_value(v).expect(&ctx)),
-            "DaemonSet" => m.ds.push(serde_yaml::from_value(v).expect(&ctx)),
+            "Namespace" => m.ns.push(serde_json::from_value(v).expect(&ctx)),
+            "ServiceAccount" => m.sa.push(serde_json::from_value(v).expect(&ctx)),
+            "ClusterRole" => m.roles.push(serde_json::from_value(v).expect(&ctx)),
+            "ClusterRoleBinding" => m.bindings.push(serde_json::from_value(v).expect(&ctx)),
+            "ConfigMap" => m.cms.push(serde_json::from_value(v).expect(&ctx)),
+            "DaemonSet" => m.ds.push(serde_json::from_value(v).expect(&ctx)),
             other => panic!("{ctx}: unexpected kind {other}"),
         }
     }

@@ -97,7 +97,7 @@ impl Lab {
         if let Some(api) = self.api.first() {
             let mut now = std::collections::BTreeSet::new();
             for doc in y.split("---\n").filter(|d| !d.trim().is_empty()) {
-                let v: serde_json::Value = serde_yaml::from_str(doc).context("lab object")?;
+                let v: serde_json::Value = serde_saphyr::from_str(doc).context("lab object")?;
                 let kind = v["kind"].as_str().unwrap_or_default().to_string();
                 let name = v["metadata"]["name"].as_str().unwrap_or_default();
                 let key = match v["metadata"]["namespace"].as_str() {
