@@ -308,6 +308,12 @@ impl Daemon {
             "Objects or settings currently skipped (see the log).",
             self.warnings.len() as u64,
         );
+        self.object_metrics(t);
+    }
+
+    /// The control loop's histograms and the objects it holds.
+    fn object_metrics(&self, t: &mut Text) {
+        let m = &self.metrics;
         t.histogram(
             "xdpnet_table_build_seconds",
             "Time to build a table.",

@@ -37,7 +37,7 @@ use crate::hash::flow_hash;
 use crate::packet::Packet;
 use crate::wire::{
     self, ArpPacket, EthernetFrame, MacAddr, checksum, ethernet, icmp, ipv4, ipv4::Ipv4Packet,
-    proto, tcp,
+    proto, tcp, udp,
 };
 use std::sync::Arc;
 

@@ -274,21 +274,25 @@ impl Pipeline {
         let icmp_len = d.len().checked_sub(l4)?;
         let q = l4 + icmp::HEADER_LEN; // quoted IPv4 header
         let (quoted, qhl, qlen) = {
+            // The quoted header and the first 8 bytes of its L4 header (all ICMP must quote).
             let qd = d.get(q..)?;
-            if qd.len() < 28 || qd[0] >> 4 != 4 {
+            if qd.len() < ipv4::MIN_HEADER_LEN + 8 {
                 return None;
             }
-            let hl = ((qd[0] & 0x0f) as usize) * 4;
-            if hl < 20 || qd.len() < hl + 8 {
+            let qip = Ipv4Packet::new_unchecked(qd);
+            let hl = qip.header_len();
+            if qip.version() != 4 || hl < ipv4::MIN_HEADER_LEN || qd.len() < hl + 8 {
                 return None;
             }
-            let pr = qd[9];
+            let pr = qip.protocol();
             if pr != proto::TCP && pr != proto::UDP {
                 return None;
             }
+            // Only the ports of the quoted L4 header are there for sure: no view of a whole
+            // TCP/UDP header fits, the ports are the first two words of either.
             let t = Tuple {
-                src: u32::from_be_bytes([qd[12], qd[13], qd[14], qd[15]]),
-                dst: u32::from_be_bytes([qd[16], qd[17], qd[18], qd[19]]),
+                src: qip.src_u32(),
+                dst: qip.dst_u32(),
                 sport: u16::from_be_bytes([qd[hl], qd[hl + 1]]),
                 dport: u16::from_be_bytes([qd[hl + 2], qd[hl + 3]]),
                 proto: pr,
@@ -309,7 +313,7 @@ impl Pipeline {
         let csum_at = if quoted.proto == proto::TCP {
             tcp::CHECKSUM_AT
         } else {
-            6
+            udp::CHECKSUM_AT
         };
         let has_csum = qlen >= qhl + csum_at + 2;
         let mut c = if has_csum {
@@ -387,7 +391,7 @@ pub(super) fn rewrite(d: &mut [u8], l4: usize, pr: u8, from: &Tuple, to: &Tuple)
     };
     let csum_at = match pr {
         proto::TCP => l4 + tcp::CHECKSUM_AT,
-        proto::UDP => l4 + 6,
+        proto::UDP => l4 + udp::CHECKSUM_AT,
         _ => usize::MAX,
     };
     if let Some(cb) = d.get_mut(csum_at..csum_at + 2) {
@@ -404,10 +408,11 @@ pub(super) fn rewrite(d: &mut [u8], l4: usize, pr: u8, from: &Tuple, to: &Tuple)
             pb[2..4].copy_from_slice(&to.dport.to_be_bytes());
         }
     }
-    if let Some(h) = d.get_mut(L3..L3 + 20) {
-        let c = u16::from_be_bytes([h[10], h[11]]);
-        h[10..12].copy_from_slice(&apply(c, addr_diff).to_be_bytes());
-        h[12..16].copy_from_slice(&to.src.to_be_bytes());
-        h[16..20].copy_from_slice(&to.dst.to_be_bytes());
+    if let Some(h) = d.get_mut(L3..L3 + ipv4::MIN_HEADER_LEN) {
+        use ipv4::field::{CHECKSUM, DST, SRC};
+        let c = u16::from_be_bytes([h[CHECKSUM], h[CHECKSUM + 1]]);
+        h[CHECKSUM..CHECKSUM + 2].copy_from_slice(&apply(c, addr_diff).to_be_bytes());
+        h[SRC..SRC + 4].copy_from_slice(&to.src.to_be_bytes());
+        h[DST..DST + 4].copy_from_slice(&to.dst.to_be_bytes());
     }
 }

@@ -61,6 +61,10 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn new_unchecked(buf: T) -> Self {
         Self { buf }
     }
+    /// IP version (4 for a header this view accepts with `new_checked`).
+    pub fn version(&self) -> u8 {
+        self.buf.as_ref()[field::VER_IHL] >> 4
+    }
     /// Header length in bytes (IHL * 4).
     pub fn header_len(&self) -> usize {
         ((self.buf.as_ref()[field::VER_IHL] & 0x0f) as usize) * 4

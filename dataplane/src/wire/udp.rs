@@ -4,6 +4,8 @@ use super::{WireError, checksum, need, rd16, wr16};
 
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
+/// Offset of the checksum field.
+pub const CHECKSUM_AT: usize = 6;
 
 /// A view of a UDP datagram.
 #[derive(Debug, Clone, Copy)]
