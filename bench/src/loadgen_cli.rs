@@ -86,20 +86,21 @@ fn rate(s: &str) -> Result<f64, String> {
     parse_rate(s).map_err(|e| format!("{e:#}"))
 }
 
-fn secs3600(s: &str) -> Result<f64, String> {
+/// Seconds in (0, `max`].
+fn secs_upto(s: &str, max: f64) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
-        Ok(_) => Err("must be in (0, 3600]".into()),
+        Ok(v) if v > 0.0 && v <= max => Ok(v),
+        Ok(_) => Err(format!("must be in (0, {max}]")),
         Err(_) => Err(format!("{s:?} is not a number")),
     }
 }
 
+fn secs3600(s: &str) -> Result<f64, String> {
+    secs_upto(s, 3600.0)
+}
+
 fn secs600(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= 600.0 => Ok(v),
-        Ok(_) => Err("must be in (0, 600]".into()),
-        Err(_) => Err(format!("{s:?} is not a number")),
-    }
+    secs_upto(s, 600.0)
 }
 
 /// Parses `1.5M`, `500k`, `2000`.

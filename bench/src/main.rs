@@ -89,16 +89,9 @@ struct ControlArgs {
     changes: u32,
 }
 
-/// Errors end the process with one line on stderr (the cause chain, no backtrace whatever
-/// `RUST_BACKTRACE` says) and exit status 1.
+/// Errors end the process with one line, never a backtrace (`xdpnet_control::edge`).
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xdpnet-bench: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    xdpnet_control::edge::exit("xdpnet-bench", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {

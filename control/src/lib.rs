@@ -2,9 +2,12 @@
 //! IPAM, metrics and inspection.
 //!
 //! This crate is the control thread's home: [`state`] (the cluster objects and the file
-//! source), [`translate`] (objects -> table inputs, pure), [`daemon`] (xdpnetd: drives the
-//! dataplane runtime from a source). The pure table builder it feeds lives in
-//! `xdpnet_dataplane::fib::FibBuilder`.
+//! source), [`translate`] (objects -> table inputs, pure), [`controller`] (the incremental
+//! core and the one writer of the table builder, `xdpnet_dataplane::fib::FibBuilder`),
+//! [`daemon`] (xdpnetd: drives the dataplane runtime from a source), [`cni`] (the endpoint the
+//! plugin calls; it asks the daemon, the daemon never calls it), [`view`] (what the daemon
+//! publishes for the other threads). Calls go one way: cni -> daemon (a channel of typed
+//! requests and answers), daemon -> controller -> builder, daemon -> http/view.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +18,7 @@ pub mod cni;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod edge;
 pub mod files;
 pub mod http;
 pub mod inspect;

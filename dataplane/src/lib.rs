@@ -1,8 +1,9 @@
 //! xdpnet dataplane: packet views, the forwarding table and its publication, connection
 //! tracking, and the per-batch packet pipeline.
 //!
-//! Everything here is safe Rust except the `sys` module (CPU prefetch hints now, the AF_XDP/UMEM
-//! layer with the ports): the crate denies `unsafe_code` and `sys` alone opts in, with a
+//! Everything here is safe Rust except the `sys` module (AF_XDP rings, sockets and UMEM;
+//! netdev ioctls; descriptor passing and eventfd; table memory and prefetch hints): the crate
+//! denies `unsafe_code` and `sys` alone opts in, with a
 //! `SAFETY:` comment on every unsafe block.
 
 #![deny(unsafe_code)]

@@ -129,16 +129,9 @@ enum Cmd {
     },
 }
 
-/// Errors end the process with one line on stderr (the cause chain, no backtrace whatever
-/// `RUST_BACKTRACE` says) and exit status 1.
+/// Errors end the process with one line, never a backtrace (`xdpnet_control::edge`).
 fn main() -> std::process::ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xdpnetd: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    xdpnet_control::edge::exit("xdpnetd", run(Args::parse()))
 }
 
 fn run(a: Args) -> anyhow::Result<()> {
