@@ -82,19 +82,49 @@ pub struct FileConfig {
     pub non_masquerade_cidrs: Option<Vec<String>>,
 }
 
+/// Why a config could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The text is not a valid config (YAML, a known field, a valid value).
+    #[error("{0}")]
+    Parse(String),
+    /// The file's text is not a valid config.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
 impl FileConfig {
     /// Parses a config text.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
     /// Reads and parses a config file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
     }
 }
 
@@ -112,6 +142,7 @@ mod tests {
         assert!(
             FileConfig::parse("vxlanPrt: 1\n")
                 .expect_err("typo")
+                .to_string()
                 .contains("unknown field")
         );
         assert!(FileConfig::parse("source: etcd\n").is_err());

@@ -153,7 +153,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let file = match &a.config {
-        Some(p) => FileConfig::load(p).map_err(anyhow::Error::msg)?,
+        Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
     let node_name = a
