@@ -123,7 +123,7 @@ impl Daemon {
             return;
         };
         let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
-        if let Err(e) = crate::files::write_atomic(path, &body) {
+        if let Err(e) = crate::files::replace(path, &body) {
             log!(
                 self.cfg.node_name,
                 "cannot write status file {}: {e}",
