@@ -89,7 +89,8 @@ fn every_frame_is_received_or_counted() {
         );
         ensure!(
             r.received == r.sent && m.path_drops == 0,
-            "at 20 kpps: {}",
+            "at 20 kpps: path drops {}, {}",
+            m.path_drops,
             m.outcome.json()
         );
         ensure!(r.reordered == 0, "reordered on one path: {}", r.reordered);
