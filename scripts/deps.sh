@@ -3,12 +3,12 @@
 # everything is present. Debian 12, as root (or with sudo).
 set -euo pipefail
 
-# Debian packages: iproute2, ethtool, ping and tcpdump for the lab; m4 .. libbpf-dev for the
+# Debian packages: iproute2, ethtool, ping, tcpdump and iperf3 (TCP rows of compare, demo) for the lab; m4 .. libbpf-dev for the
 # libbpf build; the CNI tests' real clients: golang-go + golang-github-appc-cni-dev (libcni
 # driver), containernetworking-plugins + iptables (portmap, bandwidth, loopback), containerd +
 # runc + busybox-static (CRI pods); procps + util-linux (sysctl, ps, taskset, chrt) for the
 # kernel-path comparison (its iptables too); nftables for xdpnetd's egress masquerade.
-pkgs=(iproute2 ethtool iputils-ping tcpdump m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev
+pkgs=(iproute2 ethtool iputils-ping tcpdump iperf3 m4 libelf-dev zlib1g-dev pkg-config clang libbpf-dev
   golang-go golang-github-appc-cni-dev containernetworking-plugins iptables containerd runc
   busybox-static procps util-linux nftables)
 missing=()

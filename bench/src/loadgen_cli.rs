@@ -1,7 +1,7 @@
 //! `xdpnet-bench loadgen`: command line of the AF_XDP generator and sink.
 
 use anyhow::{Context, Result, bail};
-use xdpnet_bench::compare::{self, Options, Scenario, Variant};
+use xdpnet_bench::compare::{self, Options, Scenario, TcpPath, Variant};
 use xdpnet_bench::lab;
 use xdpnet_bench::loadgen::frame::{Proto, TrafficSpec};
 use xdpnet_bench::loadgen::{self, Outcome, Place, RunSpec, parse_mac};
@@ -303,6 +303,16 @@ pub struct CompareArgs {
     /// worker at once, as softirqs would).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
     napi_fifo: Option<u8>,
+    /// TCP rows (iperf3), comma-separated: tcp-pod-pod-same-node, tcp-pod-pod-cross-node,
+    /// tcp-pod-clusterip, tcp-external-nodeport; or `none`.
+    #[arg(long, value_delimiter = ',', value_parser = tcp_path)]
+    tcp: Option<Vec<Option<TcpPath>>>,
+    /// Parallel streams of each TCP row, comma-separated (1..128).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=128))]
+    tcp_streams: Option<Vec<u32>>,
+    /// Seconds per TCP run (1..600).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=600))]
+    tcp_seconds: Option<u32>,
     /// Output directory (default target/compare).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -319,6 +329,17 @@ fn variant(s: &str) -> Result<Variant, String> {
         .into_iter()
         .find(|k| k.name() == s)
         .ok_or_else(|| format!("variant {s:?}: kernel, io-only, full"))
+}
+
+fn tcp_path(s: &str) -> Result<Option<TcpPath>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    TcpPath::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .map(Some)
+        .ok_or_else(|| format!("TCP row {s:?}"))
 }
 
 fn scenario(s: &str) -> Result<Scenario, String> {
@@ -387,6 +408,15 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     o.xdpnet_args.extend(a.xdpnet_arg);
     if let Some(v) = a.napi_fifo {
         o.napi_fifo = Some(v);
+    }
+    if let Some(v) = a.tcp {
+        o.tcp_paths = v.into_iter().flatten().collect();
+    }
+    if let Some(v) = a.tcp_streams {
+        o.tcp_streams = v;
+    }
+    if let Some(v) = a.tcp_seconds {
+        o.tcp_seconds = v;
     }
     if let Some(v) = a.out {
         o.out = v;

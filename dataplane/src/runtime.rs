@@ -40,6 +40,12 @@ pub enum PortRole {
     Pod,
 }
 
+/// Most frames a pod's fill ring holds at rest.
+pub const POD_FILL_BASE_MAX: u32 = 256;
+/// A pod fill ring's size: the most it holds while the pod bursts (a TCP window of
+/// full-size segments arrives as one burst on a veth).
+pub const POD_FILL_MAX: u32 = 2048;
+
 /// How the dataplane runs.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -53,7 +59,8 @@ pub struct DataplaneConfig {
     pub frame_size: u32,
     /// Rings of uplink and host sockets.
     pub rings: RingSizes,
-    /// Rings of pod sockets (smaller: there are many).
+    /// Rings of pod sockets. A pod's fill ring holds its share of the frames at rest
+    /// ([`Self::pod_fill`]) and grows towards `pod_rings.fill` while the pod sends in bursts.
     pub pod_rings: RingSizes,
     /// Conntrack capacity (entries).
     pub conntrack_capacity: usize,
@@ -70,8 +77,9 @@ pub struct DataplaneConfig {
 }
 
 impl DataplaneConfig {
-    /// The fill ring of a pod socket: three quarters of the UMEM minus the uplink's and host
-    /// port's rings, shared by `max_pods`, as a power of two between 16 and `pod_rings.fill`.
+    /// The frames a pod socket's fill ring holds at rest: three quarters of the UMEM minus the
+    /// uplink's and host port's rings, shared by `max_pods`, as a power of two between 16 and
+    /// [`POD_FILL_BASE_MAX`] (and never above `pod_rings.fill`).
     pub fn pod_fill(&self) -> u32 {
         let budget = (self.frames_per_worker / 4 * 3).saturating_sub(2 * self.rings.fill);
         let per = budget / (self.max_pods.max(1) as u32);
@@ -80,7 +88,9 @@ impl DataplaneConfig {
         } else {
             1 << (31 - per.leading_zeros())
         };
-        p.min(self.pod_rings.fill).max(16.min(self.pod_rings.fill))
+        p.min(POD_FILL_BASE_MAX)
+            .min(self.pod_rings.fill)
+            .max(16.min(self.pod_rings.fill))
     }
 }
 
@@ -93,10 +103,10 @@ impl Default for DataplaneConfig {
             frame_size: 2048,
             rings: RingSizes::default(),
             pod_rings: RingSizes {
-                rx: 256,
-                tx: 256,
-                fill: 256,
-                comp: 256,
+                rx: 1024,
+                tx: 1024,
+                fill: POD_FILL_MAX,
+                comp: 1024,
             },
             conntrack_capacity: 262_144,
             handoff_depth: 1024,
@@ -310,12 +320,9 @@ impl Dataplane {
             PortRole::Uplink => crate::sys::netdev::rx_queues(ifname),
             _ => 1,
         };
-        let rings = match role {
-            PortRole::Pod => RingSizes {
-                fill: self.cfg.pod_fill(),
-                ..self.cfg.pod_rings
-            },
-            _ => self.cfg.rings,
+        let (rings, fill_base) = match role {
+            PortRole::Pod => (self.cfg.pod_rings, self.cfg.pod_fill()),
+            _ => (self.cfg.rings, self.cfg.rings.fill),
         };
         let mode = match role {
             PortRole::Uplink if !self.cfg.io_only => SteerMode::Uplink,
@@ -344,6 +351,7 @@ impl Dataplane {
                     queue: q,
                     slot,
                     rings,
+                    fill_base,
                     reply,
                 }) {
                     Ok(Ok(fd)) => fd,

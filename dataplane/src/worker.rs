@@ -104,7 +104,11 @@ pub(crate) enum Command {
         ifindex: u32,
         queue: u32,
         slot: u32,
+        /// Ring sizes; `rings.fill` is the most frames the fill ring may hold.
         rings: RingSizes,
+        /// Frames the fill ring holds at rest (its guaranteed share of the UMEM); a socket
+        /// that drains it in bursts gets more, up to `rings.fill` (see [`Sock::fill_target`]).
+        fill_base: u32,
         reply: Sender<Result<OwnedFd, XskError>>,
     },
     /// Close the socket in XSKMAP slot `slot`, reclaiming its frames.
@@ -116,7 +120,15 @@ struct Sock {
     xsk: XskSocket,
     port: PortId,
     slot: u32,
+    /// Frames kept in the fill ring now: `fill_base` at rest, doubled (up to `fill_cap`) when
+    /// a receive finds less than half of it left (a burst: a TCP window, a flood), halved back
+    /// when the socket has been quiet for a stats period. Frames already in a fill ring stay
+    /// there until the kernel uses them; growth only draws on the free list above a reserve.
     fill_target: u32,
+    fill_base: u32,
+    fill_cap: u32,
+    /// Frames received since the last stats period (for shrinking `fill_target`).
+    rx_period: u32,
     fill_out: u32,
     tx_out: u32,
     tx_pending: u32,
@@ -128,6 +140,9 @@ pub(crate) struct Worker {
     umem: Umem,
     owner: Box<[u32]>,
     free: Vec<u32>,
+    /// Free frames a fill target never grows into: a quarter of the UMEM, for frames in flight
+    /// and for the base fill of sockets still to come.
+    reserve: usize,
     socks: Vec<Option<Sock>>,
     /// Port id -> index in `socks` of a socket that can transmit on it.
     local_tx: Vec<u32>,
@@ -171,6 +186,7 @@ impl Worker {
             idx,
             owner: vec![FREE; n as usize].into_boxed_slice(),
             free: (0..n).rev().collect(),
+            reserve: n as usize / 4,
             umem,
             socks: Vec::new(),
             local_tx: vec![NONE; crate::fib::MAX_PORTS],
@@ -196,6 +212,7 @@ impl Worker {
             if stats_at.elapsed() >= std::time::Duration::from_millis(500) {
                 stats_at = std::time::Instant::now();
                 self.kernel_stats();
+                self.shrink_fill_targets();
             }
             let mut work = 0usize;
             for s in 0..self.socks.len() {
@@ -238,6 +255,17 @@ impl Worker {
             self.remove_socket(slot);
         }
         self.gauges();
+    }
+
+    /// Once a stats period: a socket that received less than a quarter of its fill target
+    /// goes back towards its base (frames already in its ring stay until used).
+    fn shrink_fill_targets(&mut self) {
+        for s in self.socks.iter_mut().flatten() {
+            if s.rx_period < s.fill_target / 4 {
+                s.fill_target = (s.fill_target / 2).max(s.fill_base);
+            }
+            s.rx_period = 0;
+        }
     }
 
     fn kernel_stats(&self) {
@@ -349,6 +377,13 @@ impl Worker {
             }
         }
         sock.xsk.rx.release(avail);
+        sock.rx_period = sock.rx_period.saturating_add(n as u32);
+        if sock.fill_out < sock.fill_target / 2
+            && sock.fill_target < sock.fill_cap
+            && self.free.len() > self.reserve
+        {
+            sock.fill_target = (sock.fill_target * 2).min(sock.fill_cap);
+        }
         self.io.rx.add(n as u64);
         self.io.batches.inc();
 
@@ -513,9 +548,10 @@ impl Worker {
                     queue,
                     slot,
                     rings,
+                    fill_base,
                     reply,
                 } => {
-                    let r = self.add_socket(port, ifindex, queue, slot, rings);
+                    let r = self.add_socket(port, ifindex, queue, slot, rings, fill_base);
                     let _ = reply.send(r);
                 }
                 Command::RemoveSocket { slot, reply } => {
@@ -533,6 +569,7 @@ impl Worker {
         queue: u32,
         slot: u32,
         rings: RingSizes,
+        fill_base: u32,
     ) -> Result<OwnedFd, XskError> {
         if port as usize >= self.local_tx.len() {
             return Err(XskError::Config(format!("port id {port} too large")));
@@ -555,12 +592,15 @@ impl Worker {
                 self.socks.len() - 1
             }
         };
-        let fill_target = rings.fill;
+        let fill_base = fill_base.clamp(1, rings.fill);
         self.socks[s] = Some(Sock {
             xsk,
             port,
             slot,
-            fill_target,
+            fill_target: fill_base,
+            fill_base,
+            fill_cap: rings.fill,
+            rx_period: 0,
             fill_out: 0,
             tx_out: 0,
             tx_pending: 0,

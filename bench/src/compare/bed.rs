@@ -37,13 +37,14 @@ impl Bed {
         bed.set_services(first)?;
         bed.kernel_path()?;
         bed.quiet_ipv6()?;
+        bed.pod_neighbours()?;
         Ok(bed)
     }
 
-    /// Makes the table (and iptables) hold `total` services: the three of the benchmark and
-    /// `total - 3` fillers (TCP 80, two backends each).
+    /// Makes the table (and iptables) hold `total` services: the benchmark's own
+    /// ([`BENCH_SERVICES`]) and fillers for the rest (TCP 80, two backends each).
     pub fn set_services(&mut self, total: usize) -> Result<()> {
-        let fillers = total.saturating_sub(3);
+        let fillers = total.saturating_sub(BENCH_SERVICES);
         let pod = |name: &str| self.lab.pods.iter().position(|p| p.name == name);
         let sink = pod("pod-2-0").context("pod-2-0")?;
         let (f1, f2) = (
@@ -101,6 +102,39 @@ impl Bed {
         Ok(())
     }
 
+    /// Each pod's kernel sends to the other pods of its /24 through the gateway MAC (a
+    /// permanent neighbour entry each): the same hop for every variant, whether the node
+    /// answers ARP for them (xdpnet's pipeline) or not (the kernel path, `--io-only`).
+    fn pod_neighbours(&self) -> Result<()> {
+        for p in &self.lab.pods {
+            for q in self
+                .lab
+                .pods
+                .iter()
+                .filter(|q| q.node == p.node && q.name != p.name)
+            {
+                let ip = q.ip.to_string();
+                sh(
+                    "ip",
+                    &[
+                        "-n",
+                        &p.ns,
+                        "neigh",
+                        "replace",
+                        &ip,
+                        "lladdr",
+                        GATEWAY_MAC,
+                        "dev",
+                        "eth0",
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Switches to `v`: stops or (re)starts the daemons.
     pub fn use_variant(&mut self, v: Variant) -> Result<()> {
         if self.variant == Some(v) {
@@ -111,6 +145,15 @@ impl Bed {
                 self.lab.stop_daemon(n, nix::sys::signal::Signal::SIGTERM)?;
             }
             let _ = std::fs::remove_file(&self.lab.nodes[n].status);
+        }
+        // Pods' offloads: as a distro leaves a veth for the kernel path; TX checksum off for
+        // xdpnet, which an AF_XDP port needs (it carries no partial-checksum metadata).
+        for p in &self.lab.pods {
+            if v == Variant::Kernel {
+                lab::tx_on(&p.ns, "eth0")?;
+            } else {
+                lab::tx_off(&p.ns, "eth0")?;
+            }
         }
         if v != Variant::Kernel {
             let mut args = self.opts.xdpnet_args.clone();

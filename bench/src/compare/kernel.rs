@@ -198,6 +198,14 @@ pub(super) fn bench_services(sink: usize) -> Vec<LabService> {
             node_port: Some(BENCH_NODE_PORT),
             backends: vec![sink],
         },
+        LabService {
+            name: "bench-np-tcp".into(),
+            cluster_ip: BENCH_NP_TCP_IP,
+            port: 80,
+            protocol: "TCP",
+            node_port: Some(BENCH_NODE_PORT_TCP),
+            backends: vec![sink],
+        },
     ]
 }
 

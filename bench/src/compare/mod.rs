@@ -39,6 +39,7 @@ mod chart;
 mod kernel;
 mod measure;
 mod report;
+mod tcp;
 
 pub use bed::Bed;
 pub use chart::svg;
@@ -46,7 +47,8 @@ use kernel::bench_services;
 pub use kernel::kube_proxy_rules;
 pub use measure::{Measured, xdpnet_drops};
 use measure::{mpps, us};
-use report::{json_rate, ratios, scale_table, summary_table};
+use report::{json_rate, ratios, scale_table, summary_table, tcp_table};
+pub use tcp::{TcpPath, TcpRun, check_iperf3};
 
 /// How xdpnet and the kernel forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,12 @@ pub const BENCH_NP_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 pub const BENCH_NODE_PORT: u16 = 30053;
 /// The benchmark's TCP ClusterIP (80 -> pod-2-0:8080).
 pub const BENCH_TCP_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
+/// The benchmark's TCP NodePort service address.
+pub const BENCH_NP_TCP_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 23);
+/// The benchmark's TCP NodePort (80 -> pod-2-0:8080).
+pub const BENCH_NODE_PORT_TCP: u16 = 30080;
+/// Services of the benchmark itself (UDP and TCP ClusterIP, UDP and TCP NodePort).
+pub const BENCH_SERVICES: usize = 4;
 /// Flows (source ports) of the handshake scenario.
 pub const HANDSHAKE_FLOWS: u16 = 4096;
 
@@ -151,6 +159,12 @@ pub struct Options {
     /// Run the NAPI threads of xdpnet's interfaces as SCHED_FIFO with this priority (they
     /// then preempt a busy-polling worker at once, as softirqs would).
     pub napi_fifo: Option<u8>,
+    /// TCP bulk rows (iperf3): the paths, empty for none.
+    pub tcp_paths: Vec<TcpPath>,
+    /// Parallel streams of each TCP row.
+    pub tcp_streams: Vec<u32>,
+    /// Seconds per TCP run.
+    pub tcp_seconds: u32,
 }
 
 impl Default for Options {
@@ -170,6 +184,9 @@ impl Default for Options {
             xdpnet_args: Vec::new(),
             probes: 6,
             napi_fifo: None,
+            tcp_paths: TcpPath::ALL.to_vec(),
+            tcp_streams: vec![1, 4],
+            tcp_seconds: 5,
         }
     }
 }
@@ -230,6 +247,9 @@ pub fn run(opts: &Options) -> Result<Value> {
             opts.dp_core
         );
     }
+    if !opts.tcp_paths.is_empty() {
+        check_iperf3()?;
+    }
     println!(
         "compare: {} B UDP, {} flows, {} s per saturation run, {} s per latency run; generator on core {}, every variant forwards on core {}",
         opts.size, opts.flows, opts.seconds, opts.latency_seconds, opts.gen_core, opts.dp_core
@@ -244,8 +264,37 @@ pub fn run(opts: &Options) -> Result<Value> {
         ceiling.report.tx_pps() / 1e6
     );
     let mut cells: Vec<Cell> = Vec::new();
+    let mut tcp_runs: Vec<TcpRun> = Vec::new();
     for &v in &opts.variants {
         bed.use_variant(v)?;
+        // TCP through the kernel's own stacks: the kernel path and xdpnet as a cluster runs
+        // it (`--io-only` forwards by address only, a ceiling for the frame I/O, not a path
+        // for a pod's TCP).
+        let tcp_paths: &[TcpPath] = if v == Variant::IoOnly {
+            &[]
+        } else {
+            &opts.tcp_paths
+        };
+        for &path in tcp_paths {
+            for &streams in &opts.tcp_streams {
+                let r = bed.iperf(path, streams, opts.tcp_seconds)?;
+                println!(
+                    "  {:<8} {:<22} {} stream(s): {:>6.2} Gbit/s, {} retransmits ({:.3} % of {} segments), core {} busy {:>3.0}%, core {} busy {:>3.0}%",
+                    v.name(),
+                    path.name(),
+                    streams,
+                    r.bits_per_second / 1e9,
+                    r.retransmits,
+                    r.retransmit_ratio() * 100.0,
+                    r.segments,
+                    opts.dp_core,
+                    r.cpu_dp * 100.0,
+                    opts.gen_core,
+                    r.cpu_gen * 100.0
+                );
+                tcp_runs.push(r);
+            }
+        }
         for &s in &opts.scenarios {
             let search = bed.saturate(s)?;
             let sat = search.best.clone();
@@ -333,6 +382,10 @@ pub fn run(opts: &Options) -> Result<Value> {
     }
     let table = summary_table(&cells, opts);
     println!("\n{table}");
+    let tcp_table = tcp_table(&tcp_runs);
+    if !tcp_runs.is_empty() {
+        println!("{tcp_table}");
+    }
     let scale_table = scale_table(&scale);
     if !scale.is_empty() {
         println!("{scale_table}");
@@ -342,8 +395,11 @@ pub fn run(opts: &Options) -> Result<Value> {
             "size": opts.size, "flows": opts.flows, "seconds": opts.seconds,
             "latency_seconds": opts.latency_seconds, "generator_core": opts.gen_core,
             "dataplane_core": opts.dp_core, "xdpnet_args": opts.xdpnet_args,
-            "probes": opts.probes,
+            "probes": opts.probes, "tcp_seconds": opts.tcp_seconds,
+            "tcp_streams": opts.tcp_streams,
         },
+        "tcp": tcp_runs.iter().map(TcpRun::json).collect::<Vec<_>>(),
+        "tcp_table": tcp_table,
         "loadgen_ceiling": ceiling.json(),
         "results": cells.iter().map(|c| json!({
             "variant": c.variant.name(), "scenario": c.scenario.name(),

@@ -124,3 +124,51 @@ pub(super) fn json_rate(run: &Value) -> f64 {
         None => run["rx_pps"].as_f64().unwrap_or(0.0),
     }
 }
+
+/// The TCP rows: Gbit/s and retransmits per variant, and full over kernel.
+pub(super) fn tcp_table(runs: &[TcpRun]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| TCP (iperf3) | streams | kernel Gbit/s | io-only Gbit/s | full Gbit/s | full / kernel | retransmits % (k / io / full) |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut rows: Vec<(TcpPath, u32)> = Vec::new();
+    for r in runs {
+        if !rows.contains(&(r.path, r.streams)) {
+            rows.push((r.path, r.streams));
+        }
+    }
+    for (path, streams) in rows {
+        let get = |v: Variant| {
+            runs.iter()
+                .find(|r| r.variant == v && r.path == path && r.streams == streams)
+        };
+        let g = |v| get(v).map_or("-".into(), |r| format!("{:.2}", r.bits_per_second / 1e9));
+        let rt = |v| {
+            get(v).map_or("-".into(), |r| {
+                format!("{:.3}", r.retransmit_ratio() * 100.0)
+            })
+        };
+        let ratio = match (get(Variant::Full), get(Variant::Kernel)) {
+            (Some(f), Some(k)) if k.bits_per_second > 0.0 => {
+                format!("{:.2}x", f.bits_per_second / k.bits_per_second)
+            }
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} / {} / {} |",
+            path.name(),
+            streams,
+            g(Variant::Kernel),
+            g(Variant::IoOnly),
+            g(Variant::Full),
+            ratio,
+            rt(Variant::Kernel),
+            rt(Variant::IoOnly),
+            rt(Variant::Full)
+        );
+    }
+    t
+}

@@ -35,11 +35,11 @@ mod pcap;
 mod topology;
 mod traffic;
 
+use netns::ip;
 pub use netns::{
     cleanup_on_signal, in_ns, link_drops, namespaces, no_ipv6, register, run, run_stdin, teardown,
-    unregister,
+    tx_off, tx_on, unregister,
 };
-use netns::{ip, tx_off};
 pub use pcap::{Capture, parse_pcap};
 pub use traffic::{
     Exchange, Server, UdpSink, http_get, ping, tcp_exchange, tcp_whoami, udp_blast, udp_exchange,

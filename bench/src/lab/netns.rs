@@ -176,7 +176,21 @@ pub fn cleanup_on_signal() -> Result<()> {
 }
 
 /// Turns TX checksum offload off on `ifname` in `ns`.
-pub(super) fn tx_off(ns: &str, ifname: &str) -> Result<()> {
+/// TX checksum offload (with segmentation offload) back on for `ifname` in `ns`, as a distro
+/// leaves a veth: the kernel path's pods send partial checksums and whole TSO segments.
+pub fn tx_on(ns: &str, ifname: &str) -> Result<()> {
+    run(
+        "ip",
+        &[
+            "netns", "exec", ns, "ethtool", "-K", ifname, "tx", "on", "sg", "on", "tso", "on",
+            "gso", "on",
+        ],
+    )
+    .map(|_| ())
+}
+
+/// TX checksum offload off for `ifname` in `ns` (complete checksums on every frame).
+pub fn tx_off(ns: &str, ifname: &str) -> Result<()> {
     run(
         "ip",
         &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"],

@@ -6,7 +6,9 @@
 //! them ([`account`]). Both ends in one loop on one core: one clock for the latency, and the
 //! generator never competes with its own sink for a core. Every frame the generator's kernel
 //! completed is either received, or dropped on the way (counters elsewhere say where), or
-//! still in flight when the drain period ends (reported as lost).
+//! still in flight when the drain period ends (reported as lost). A sending end without a
+//! queueing discipline gets one for the run, so that a full peer ring holds the generator back
+//! instead of dropping its frames at its own veth (Linux 6.16 on).
 //!
 //! Its ceiling — the same loop with the generator's interface straight into the sink's (a veth
 //! pair in two namespaces of its own) — bounds anything it can measure, and is reported with
@@ -62,6 +64,16 @@ impl Place {
         if_mac(&self.ifname).with_context(|| format!("no MAC for {} in {:?}", self.ifname, self.ns))
     }
 
+    /// `tc` arguments naming this place's namespace.
+    fn tc_args<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![];
+        if let Some(ns) = &self.ns {
+            args.extend(["-n", ns.as_str()]);
+        }
+        args.extend(rest);
+        args
+    }
+
     /// The interface's first IPv4 address.
     pub fn ipv4(&self) -> Result<Ipv4Addr> {
         let mut args = vec![];
@@ -110,10 +122,59 @@ impl Drop for NetnsGuard {
 /// One end: a socket on queue 0 of an interface, its UMEM, and (for receiving) the XDP
 /// program that gives it every frame.
 struct End {
-    // Drop order: program detached, then the socket, then the UMEM.
+    // Drop order: program detached, then the socket, then the UMEM, then the queue.
     _steer: Option<Steering>,
     xsk: XskSocket,
     umem: Umem,
+    _queue: Option<Backpressure>,
+}
+
+/// A queueing discipline on a sending veth that had none (`noqueue`, a veth's default), for
+/// the time of a run. With one (Linux 6.16 on), a veth whose peer's ring is full stops its
+/// queue instead of dropping the frame: AF_XDP copy-mode TX then leaves the descriptor in the
+/// ring (`sendto` says EAGAIN) and the generator sends it once the peer has drained. Without
+/// it the generator loses frames at its own veth whenever the peer's NAPI is late (it runs
+/// on the generator's core, beside it), which is the lab's cost, not the path's. The qdisc
+/// itself is bypassed by AF_XDP (direct transmit); only its presence matters.
+struct Backpressure {
+    at: Place,
+}
+
+impl Backpressure {
+    /// Adds `pfifo` as the root qdisc of `at` when it has none; `None` when it already had one.
+    fn add(at: &Place) -> Result<Option<Self>> {
+        let out = sh(
+            "tc",
+            &at.tc_args(&["-j", "qdisc", "show", "dev", &at.ifname]),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("tc -j qdisc show")?;
+        let noqueue = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|q| q["kind"] == "noqueue" && q["root"] == true);
+        if !noqueue {
+            return Ok(None);
+        }
+        sh(
+            "tc",
+            &at.tc_args(&["qdisc", "replace", "dev", &at.ifname, "root", "pfifo"]),
+        )
+        .with_context(|| format!("a qdisc on {} in {:?}", at.ifname, at.ns))?;
+        Ok(Some(Self { at: at.clone() }))
+    }
+}
+
+impl Drop for Backpressure {
+    fn drop(&mut self) {
+        // Back to the veth's default (noqueue); an interface gone meanwhile has nothing left.
+        let _ = sh(
+            "tc",
+            &self
+                .at
+                .tc_args(&["qdisc", "del", "dev", &self.at.ifname, "root"]),
+        );
+    }
 }
 
 impl std::fmt::Debug for End {
@@ -125,7 +186,12 @@ impl std::fmt::Debug for End {
 }
 
 impl End {
-    fn open(at: &Place, receive: bool) -> Result<Self> {
+    fn open(at: &Place, receive: bool, transmit: bool) -> Result<Self> {
+        let queue = if transmit {
+            Backpressure::add(at)?
+        } else {
+            None
+        };
         let _g = at.enter()?;
         let ifindex = if_index(&at.ifname)
             .with_context(|| format!("interface {} in {:?}", at.ifname, at.ns))?;
@@ -168,6 +234,7 @@ impl End {
             _steer: steer,
             xsk,
             umem,
+            _queue: queue,
         })
     }
 }
@@ -300,8 +367,8 @@ fn run_here(spec: &RunSpec) -> Result<Outcome> {
         bail!("seconds must be in (0, 3600]");
     }
     let handshake = spec.frame.proto == Proto::TcpHandshake;
-    let mut sink_end = End::open(&spec.to, true)?;
-    let mut gen_end = End::open(&spec.from, handshake)?;
+    let mut sink_end = End::open(&spec.to, true, handshake)?;
+    let mut gen_end = End::open(&spec.from, handshake, true)?;
 
     // Sink: its fill ring full; frames it answers with come back through its completions.
     let n = sink_end.xsk.fill.free().min(FRAMES);
