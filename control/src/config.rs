@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub cores: Option<Vec<usize>>,
     /// Busy-poll workers.
     pub busy_poll: Option<bool>,
+    /// SCHED_FIFO priority of the workers (1..99).
+    pub worker_rt_priority: Option<u8>,
     /// Metrics and health address.
     pub metrics_address: Option<String>,
     /// Inspect socket path.

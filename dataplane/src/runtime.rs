@@ -53,6 +53,13 @@ pub struct DataplaneConfig {
     pub cores: Vec<usize>,
     /// Spin when idle (lowest latency, a full core per worker) instead of sleeping in poll(2).
     pub busy_poll: bool,
+    /// Run the workers SCHED_FIFO at this priority: a worker with frames to move then always
+    /// runs before the NAPI threads that feed it on its core, so its rings stay drained and a
+    /// sender meets a full veth ring (backpressure through a qdisc, dropped before any copy
+    /// without one) instead of the socket's drops after the copy. Pair with threaded NAPI on
+    /// the worker's core and never with `busy_poll` (a spinning FIFO thread starves its core
+    /// down to RT throttling).
+    pub worker_rt_priority: Option<u8>,
     /// UMEM chunks per worker.
     pub frames_per_worker: u32,
     /// Chunk size (2048 or 4096).
@@ -99,6 +106,7 @@ impl Default for DataplaneConfig {
         Self {
             cores: vec![0],
             busy_poll: false,
+            worker_rt_priority: None,
             frames_per_worker: 16_384,
             frame_size: 2048,
             rings: RingSizes::default(),
@@ -256,15 +264,19 @@ impl Dataplane {
                 cfg.busy_poll,
                 cfg.io_only,
             );
+            let rt = cfg.worker_rt_priority;
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("xdpnet-w{i}"))
                 .spawn(move || {
                     // Pinning fails only for a core this process may not use; the worker then
                     // runs unpinned (the daemon checked the core list at start).
                     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    let _ = started_tx.send(rt.map(crate::sys::sched::set_fifo).transpose());
                     worker.run();
                 })
                 .map_err(DataplaneError::Spawn)?;
+
             dp.workers.push(WorkerHandle {
                 thread: Some(thread),
                 cmds: tx,
@@ -272,6 +284,14 @@ impl Dataplane {
                 counters,
                 sockets: 0,
             });
+            // A worker that could not take its scheduling class stops with the others when
+            // `dp` drops here.
+            if let Ok(Err(e)) = started_rx.recv() {
+                return Err(DataplaneError::Invalid(format!(
+                    "worker {i}: SCHED_FIFO priority {}: {e}",
+                    rt.unwrap_or(0)
+                )));
+            }
         }
         Ok(dp)
     }

@@ -147,12 +147,21 @@ impl Bed {
             let _ = std::fs::remove_file(&self.lab.nodes[n].status);
         }
         // Pods' offloads: as a distro leaves a veth for the kernel path; TX checksum off for
-        // xdpnet, which an AF_XDP port needs (it carries no partial-checksum metadata).
+        // xdpnet, which an AF_XDP port needs (it carries no partial-checksum metadata). And
+        // for xdpnet a queueing discipline on the pods' side: a full veth ring then holds the
+        // pod's sender back (Linux 6.16 on) rather than dropping what it sent.
         for p in &self.lab.pods {
             if v == Variant::Kernel {
                 lab::tx_on(&p.ns, "eth0")?;
+                let _ = sh("tc", &["-n", &p.ns, "qdisc", "del", "dev", "eth0", "root"]);
             } else {
                 lab::tx_off(&p.ns, "eth0")?;
+                sh(
+                    "tc",
+                    &[
+                        "-n", &p.ns, "qdisc", "replace", "dev", "eth0", "root", "pfifo",
+                    ],
+                )?;
             }
         }
         if v != Variant::Kernel {

@@ -144,12 +144,18 @@ impl Bed {
                 ],
             )?;
         }
-        // RPS: receive processing of every interface on the dataplane core.
-        let mask = format!("{:x}", 1u64 << self.opts.dp_core);
-        let mut nss: Vec<String> = nodes.iter().map(|n| n.ns.clone()).collect();
-        nss.push(self.lab.underlay_ns.clone());
-        nss.push(self.lab.ext_ns.clone());
-        for ns in nss {
+        // RPS: the nodes' receive processing on the dataplane core; the network's (the
+        // underlay bridge standing in for the switch, the external client) on the generator
+        // core, for every variant: a switch's forwarding is not a node's work, and under a
+        // flood it would otherwise take the dataplane core from whichever variant runs.
+        let on = |core: usize| format!("{:x}", 1u64 << core);
+        let mut nss: Vec<(String, String)> = nodes
+            .iter()
+            .map(|n| (n.ns.clone(), on(self.opts.dp_core)))
+            .collect();
+        nss.push((self.lab.underlay_ns.clone(), on(self.opts.gen_core)));
+        nss.push((self.lab.ext_ns.clone(), on(self.opts.gen_core)));
+        for (ns, mask) in nss {
             let script = format!(
                 "for q in /sys/class/net/*/queues/rx-*/rps_cpus; do echo {mask} > $q; done"
             );

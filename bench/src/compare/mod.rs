@@ -8,9 +8,10 @@
 //!   and FDB entries for the other node, pods routed over their veths (/32 routes, the
 //!   host ends answering for the pods' gateway MAC, as Calico's veth routing does), and the nat
 //!   table kube-proxy writes (KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-* with `statistic random`,
-//!   KUBE-NODEPORTS, KUBE-MARK-MASQ, KUBE-POSTROUTING); xdpnetd is stopped. RPS on every lab
-//!   interface sends the kernel's receive work to the dataplane core (on veth it would
-//!   otherwise run on the sender's core);
+//!   KUBE-NODEPORTS, KUBE-MARK-MASQ, KUBE-POSTROUTING); xdpnetd is stopped. RPS on the nodes'
+//!   interfaces sends the kernel's receive work to the dataplane core (on veth it would
+//!   otherwise run on the sender's core); the underlay bridge (the switch) and the external
+//!   client do theirs on the generator core, for every variant;
 //! - **io-only**: xdpnetd `--io-only` (forwarding by destination, no pipeline);
 //! - **full**: xdpnetd as it runs in a cluster.
 //!

@@ -69,21 +69,27 @@ pub fn run_stdin(cmd: &str, args: &[&str], input: &str) -> Result<String> {
 }
 
 /// Packets the interfaces of namespace `ns` dropped (receive + transmit, as `ip -s link`
-/// shows them: a veth counts a frame its peer had no room for).
+/// shows them: a veth counts a frame its peer had no room for), and what their queueing
+/// disciplines dropped (`tc -s qdisc`: a queue that overflowed).
 pub fn link_drops(ns: &str) -> Result<u64> {
     let out = run("ip", &["-n", ns, "-s", "-j", "link", "show"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("ip -s -j link")?;
-    Ok(v.as_array()
-        .map(|links| {
-            links
-                .iter()
-                .map(|l| {
-                    l["stats64"]["rx"]["dropped"].as_u64().unwrap_or(0)
-                        + l["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
-                })
-                .sum()
-        })
-        .unwrap_or(0))
+    let links: u64 = v.as_array().map_or(0, |links| {
+        links
+            .iter()
+            .map(|l| {
+                l["stats64"]["rx"]["dropped"].as_u64().unwrap_or(0)
+                    + l["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
+            })
+            .sum()
+    });
+    // Frames a queueing discipline dropped never reached the interface's counters.
+    let out = run("tc", &["-n", ns, "-s", "-j", "qdisc", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("tc -s -j qdisc")?;
+    let queued: u64 = v.as_array().map_or(0, |q| {
+        q.iter().map(|q| q["drops"].as_u64().unwrap_or(0)).sum()
+    });
+    Ok(links + queued)
 }
 
 /// Namespaces whose names start with `prefix-`.

@@ -242,6 +242,13 @@ impl Lab {
             ul,
         ])?;
         ip(&["-n", ul, "link", "set", peer, "master", "br0", "up"])?;
+        // The switch's port buffer: a queue on the bridge's side of the link, so that a full
+        // ring at the far end (its XDP) holds frames back instead of dropping them (Linux 6.16
+        // on), as a switch buffers a burst; what overflows it is counted (`link_drops`).
+        run(
+            "tc",
+            &["-n", ul, "qdisc", "replace", "dev", peer, "root", "pfifo"],
+        )?;
         ip(&[
             "-n",
             ns,

@@ -54,6 +54,11 @@ struct Args {
     /// Spin when idle instead of sleeping in poll(2).
     #[arg(long)]
     busy_poll: bool,
+    /// Run the workers SCHED_FIFO at this priority (1..99): a worker with frames to move runs
+    /// before the NAPI threads feeding it on its core (see BENCHMARKS.md). Not with
+    /// --busy-poll.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99), conflicts_with = "busy_poll")]
+    worker_rt_priority: Option<u8>,
     /// Benchmarks only: forward by destination address without the pipeline (no services,
     /// checks, encapsulation or rewrite) and take every uplink frame: the ceiling of the I/O
     /// layer that `xdpnet-bench compare` measures. Never on a real node.
@@ -276,6 +281,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         dataplane: DataplaneConfig {
             cores,
             busy_poll: a.busy_poll || file.busy_poll.unwrap_or(false),
+            worker_rt_priority: a.worker_rt_priority.or(file.worker_rt_priority),
             io_only: a.io_only,
             frames_per_worker: a.frames.or(file.frames).unwrap_or(16_384),
             max_pods: a.max_pods.or(file.max_pods).unwrap_or(110),
