@@ -144,6 +144,10 @@ fn plugin_wires_a_pod_that_reaches_pods_and_services_and_keeps_it_across_restart
             ensure!(route.contains("via 10.244.1.1 dev eth0"), "{route}");
             let k = lab::run("ip", &["netns", "exec", &ns, "ethtool", "-k", "eth0"])?;
             ensure!(k.contains("tx-checksumming: off"), "{k}");
+            // A queue on the pod's side: a full ring towards the dataplane holds the pod's
+            // sender back instead of dropping (BENCHMARKS.md, issue 14).
+            let q = lab::run("tc", &["-n", &ns, "qdisc", "show", "dev", "eth0"])?;
+            ensure!(q.contains("qdisc pfifo") && q.contains("root"), "{q}");
             let host = lab::run("ip", &["-n", &lab.nodes[0].ns, "link", "show", &host_if])?;
             ensure!(
                 host.contains("mtu 1450") && host.contains("prog/xdp"),

@@ -1,5 +1,5 @@
 //! Pod interfaces over rtnetlink (no `ip` commands): the veth pair of a pod, its address,
-//! default route and gateway neighbour inside the pod's network namespace.
+//! default route, gateway neighbour and queue inside the pod's network namespace.
 //!
 //! [`Rtnl`] is one synchronous rtnetlink socket bound to the network namespace of the thread
 //! that opened it; every request asks for an acknowledgement and returns the kernel's errno as
@@ -21,6 +21,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::io;
@@ -219,6 +220,20 @@ impl Rtnl {
         m.header.flags = LinkFlags::Up;
         m.header.change_mask = LinkFlags::Up;
         self.ack(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Gives link `index` a `pfifo` root queue (its length the link's txqueuelen), replacing
+    /// whatever was there. On a veth (noqueue by default) this is what lets a full peer ring
+    /// push back on the sender (Linux 6.16 on) instead of dropping the frame: a pod's TCP
+    /// then waits for xdpnet's worker rather than retransmitting.
+    pub fn set_root_fifo(&mut self, index: u32) -> io::Result<()> {
+        let mut m = TcMessage::with_index(index as i32);
+        m.header.parent = TcHandle::ROOT;
+        m.attributes.push(TcAttribute::Kind("pfifo".into()));
+        self.ack(
+            RouteNetlinkMessage::NewQueueDiscipline(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
     }
 
     /// Adds `ip/prefix` to link `index` (already there: fine).

@@ -193,6 +193,14 @@ impl Lab {
                 "eth0",
             ])?;
             tx_off(&p.ns, "eth0")?;
+            // As the CNI plugin gives a pod: a queue, so a full ring towards the dataplane
+            // holds the pod's sender back.
+            run(
+                "tc",
+                &[
+                    "-n", &p.ns, "qdisc", "replace", "dev", "eth0", "root", "pfifo",
+                ],
+            )?;
             let gw = node.gateway.to_string();
             ip(&[
                 "-n",

@@ -104,6 +104,7 @@ impl CniService {
                 .link(&ifname)?
                 .ok_or_else(|| std::io::Error::other(format!("{ifname} vanished")))?;
             netdev::set_tx_checksum(&ifname, false)?;
+            p.set_root_fifo(l.index)?;
             p.add_address(l.index, ip, prefix)?;
             p.set_up(l.index)?;
             p.set_permanent_neighbour(l.index, gw, gw_mac)?;
