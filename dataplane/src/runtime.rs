@@ -276,7 +276,6 @@ impl Dataplane {
                     worker.run();
                 })
                 .map_err(DataplaneError::Spawn)?;
-
             dp.workers.push(WorkerHandle {
                 thread: Some(thread),
                 cmds: tx,

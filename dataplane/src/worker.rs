@@ -592,7 +592,7 @@ impl Worker {
                 self.socks.len() - 1
             }
         };
-        let fill_base = fill_base.clamp(1, rings.fill);
+        let fill_base = fill_base.min(rings.fill);
         self.socks[s] = Some(Sock {
             xsk,
             port,

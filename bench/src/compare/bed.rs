@@ -113,23 +113,7 @@ impl Bed {
                 .iter()
                 .filter(|q| q.node == p.node && q.name != p.name)
             {
-                let ip = q.ip.to_string();
-                sh(
-                    "ip",
-                    &[
-                        "-n",
-                        &p.ns,
-                        "neigh",
-                        "replace",
-                        &ip,
-                        "lladdr",
-                        GATEWAY_MAC,
-                        "dev",
-                        "eth0",
-                        "nud",
-                        "permanent",
-                    ],
-                )?;
+                lab::permanent_neighbour(&p.ns, "eth0", &q.ip.to_string(), GATEWAY_MAC)?;
             }
         }
         Ok(())
@@ -156,12 +140,7 @@ impl Bed {
                 let _ = sh("tc", &["-n", &p.ns, "qdisc", "del", "dev", "eth0", "root"]);
             } else {
                 lab::tx_off(&p.ns, "eth0")?;
-                sh(
-                    "tc",
-                    &[
-                        "-n", &p.ns, "qdisc", "replace", "dev", "eth0", "root", "pfifo",
-                    ],
-                )?;
+                lab::fifo_queue(&p.ns, "eth0")?;
             }
         }
         if v != Variant::Kernel {
@@ -229,13 +208,7 @@ impl Bed {
 
     /// The generator run for `scenario` under the current variant.
     pub fn spec(&self, s: Scenario, rate: Option<f64>, seconds: f64) -> Result<RunSpec> {
-        let pod = |name: &str| {
-            self.lab
-                .pods
-                .iter()
-                .find(|p| p.name == name)
-                .with_context(|| format!("{name} in the lab"))
-        };
+        let pod = |name: &str| self.lab.pod(name);
         let (src, dst) = (pod("pod-1-0")?, pod("pod-2-0")?);
         let io = self.variant == Some(Variant::IoOnly);
         let gw = parse_mac(GATEWAY_MAC)?;

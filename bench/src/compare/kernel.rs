@@ -84,22 +84,7 @@ impl Bed {
                         "onlink",
                     ],
                 )?;
-                sh(
-                    "ip",
-                    &[
-                        "-n",
-                        ns,
-                        "neigh",
-                        "replace",
-                        &gw,
-                        "lladdr",
-                        &vtep_mac(j),
-                        "dev",
-                        "flannel.1",
-                        "nud",
-                        "permanent",
-                    ],
-                )?;
+                lab::permanent_neighbour(ns, "flannel.1", &gw, &vtep_mac(j))?;
                 let dst = m.ip.to_string();
                 sh(
                     "bridge",
@@ -126,23 +111,7 @@ impl Bed {
             )?;
             let dst = format!("{}/32", p.ip);
             sh("ip", &["-n", &ns, "route", "add", &dst, "dev", host])?;
-            let ip = p.ip.to_string();
-            sh(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "neigh",
-                    "replace",
-                    &ip,
-                    "lladdr",
-                    &p.mac,
-                    "dev",
-                    host,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
+            lab::permanent_neighbour(&ns, host, &p.ip.to_string(), &p.mac)?;
         }
         // RPS: the nodes' receive processing on the dataplane core; the network's (the
         // underlay bridge standing in for the switch, the external client) on the generator

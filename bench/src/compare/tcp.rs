@@ -143,13 +143,7 @@ impl Bed {
     /// variant.
     pub fn iperf(&self, path: TcpPath, streams: u32, seconds: u32) -> Result<TcpRun> {
         let variant = self.variant.context("no variant running")?;
-        let pod = |name: &str| {
-            self.lab
-                .pods
-                .iter()
-                .find(|p| p.name == name)
-                .with_context(|| format!("{name} in the lab"))
-        };
+        let pod = |name: &str| self.lab.pod(name);
         let (src, sink) = (pod("pod-1-0")?, pod("pod-2-0")?);
         let io = variant == Variant::IoOnly;
         // (client namespace, server namespace, address, port)

@@ -37,8 +37,8 @@ mod traffic;
 
 use netns::ip;
 pub use netns::{
-    cleanup_on_signal, in_ns, link_drops, namespaces, no_ipv6, register, run, run_stdin, teardown,
-    tx_off, tx_on, unregister,
+    cleanup_on_signal, fifo_queue, in_ns, link_drops, namespaces, no_ipv6, permanent_neighbour,
+    register, run, run_stdin, teardown, tx_off, tx_on, unregister,
 };
 pub use pcap::{Capture, parse_pcap};
 pub use traffic::{

@@ -31,6 +31,33 @@ pub(super) fn ip(args: &[&str]) -> Result<()> {
     run("ip", args).map(|_| ())
 }
 
+/// A permanent neighbour entry `addr` -> `mac` on `dev` in namespace `ns` (replacing any).
+pub fn permanent_neighbour(ns: &str, dev: &str, addr: &str, mac: &str) -> Result<()> {
+    ip(&[
+        "-n",
+        ns,
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
+}
+
+/// A `pfifo` root queue on `dev` in namespace `ns` (replacing any): on a veth, what lets a
+/// full peer ring hold the sender back instead of dropping (Linux 6.16 on).
+pub fn fifo_queue(ns: &str, dev: &str) -> Result<()> {
+    run(
+        "tc",
+        &["-n", ns, "qdisc", "replace", "dev", dev, "root", "pfifo"],
+    )
+    .map(|_| ())
+}
+
 /// Runs `f` on a thread inside network namespace `ns` (sockets it makes stay in `ns`).
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let path = format!("/run/netns/{ns}");

@@ -4,6 +4,14 @@
 use super::*;
 
 impl Lab {
+    /// The pod named `name`.
+    pub fn pod(&self, name: &str) -> Result<&LabPod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("{name} in the lab"))
+    }
+
     /// Builds the lab, writes the state (with [`Lab::default_services`]), starts one xdpnetd
     /// per node and waits until every daemon has its pods and peers. On error everything made
     /// so far is removed.
@@ -195,26 +203,9 @@ impl Lab {
             tx_off(&p.ns, "eth0")?;
             // As the CNI plugin gives a pod: a queue, so a full ring towards the dataplane
             // holds the pod's sender back.
-            run(
-                "tc",
-                &[
-                    "-n", &p.ns, "qdisc", "replace", "dev", "eth0", "root", "pfifo",
-                ],
-            )?;
+            fifo_queue(&p.ns, "eth0")?;
             let gw = node.gateway.to_string();
-            ip(&[
-                "-n",
-                &p.ns,
-                "neigh",
-                "replace",
-                &gw,
-                "lladdr",
-                GATEWAY_MAC,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
+            permanent_neighbour(&p.ns, "eth0", &gw, GATEWAY_MAC)?;
             ip(&[
                 "-n", &p.ns, "route", "add", "default", "via", &gw, "dev", "eth0",
             ])?;
@@ -253,10 +244,7 @@ impl Lab {
         // The switch's port buffer: a queue on the bridge's side of the link, so that a full
         // ring at the far end (its XDP) holds frames back instead of dropping them (Linux 6.16
         // on), as a switch buffers a burst; what overflows it is counted (`link_drops`).
-        run(
-            "tc",
-            &["-n", ul, "qdisc", "replace", "dev", peer, "root", "pfifo"],
-        )?;
+        fifo_queue(ul, peer)?;
         ip(&[
             "-n",
             ns,

@@ -1,8 +1,8 @@
 //! The one place in the dataplane allowed to use `unsafe`, and only what needs it, by subject:
 //! the AF_XDP rings, sockets and UMEM ([`xsk`]), network-device ioctls ([`netdev`]),
 //! descriptor passing and the eventfd ([`fd`]), table memory and CPU prefetch hints
-//! ([`mem`]), a worker's scheduling class ([`sched`]). Every `unsafe` block says why it is sound (`// SAFETY:`), every `unsafe fn` has a
-//! `# Safety` section; the safe API each module exposes cannot be misused into undefined
+//! ([`mem`]), a worker's scheduling class ([`sched`]). Every `unsafe` block says why it is
+//! sound (`// SAFETY:`), every `unsafe fn` has a `# Safety` section; the safe API each module exposes cannot be misused into undefined
 //! behaviour (ring accessors check their index bound). Nothing here decides policy: frame
 //! ownership is the worker's, addresses and routes are the control plane's.
 
