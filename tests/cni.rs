@@ -234,6 +234,112 @@ fn plugin_wires_a_pod_that_reaches_pods_and_services_and_keeps_it_across_restart
 }
 
 #[test]
+fn in_tap_mode_a_pod_gets_a_tap_that_keeps_its_offloads_and_survives_restarts() {
+    with_lab_spec(
+        "cnitap",
+        |s| {
+            s.pods_per_node = 1;
+            s.taps = true;
+        },
+        |lab| {
+            let ns = format!("{}-t0", lab.prefix);
+            let path = netns_add(&ns)?;
+            let (rc, out) = cni_call("ADD", &env("t0", &path, "eth0"), &cni_conf(lab, 0, "1.1.0"))?;
+            ensure!(rc == 0, "ADD: exit {rc}: {out}");
+            // No host end: the result lists the pod's interface alone, the address on it.
+            let ifs = out["interfaces"].as_array().context("interfaces")?;
+            ensure!(ifs.len() == 1, "{out}");
+            ensure!(
+                ifs[0]["name"] == "eth0"
+                    && ifs[0]["sandbox"] == path.as_str()
+                    && ifs[0]["mtu"] == 1450,
+                "{out}"
+            );
+            ensure!(out["ips"][0]["interface"] == 0, "{out}");
+            let ip: Ipv4Addr = out["ips"][0]["address"]
+                .as_str()
+                .and_then(|a| a.strip_suffix("/24"))
+                .context("address")?
+                .parse()?;
+            let link = lab::run("ip", &["-n", &ns, "-d", "link", "show", "eth0"])?;
+            ensure!(
+                link.contains("mtu 1450") && link.contains("tun type tap"),
+                "{link}"
+            );
+            ensure!(
+                link.contains(ifs[0]["mac"].as_str().unwrap_or("?")),
+                "{link}"
+            );
+            let k = lab::run("ip", &["netns", "exec", &ns, "ethtool", "-k", "eth0"])?;
+            ensure!(
+                k.contains("tx-checksumming: on") && k.contains("tcp-segmentation-offload: on"),
+                "{k}"
+            );
+            let route = lab::run("ip", &["-n", &ns, "route", "show", "default"])?;
+            ensure!(route.contains("via 10.244.1.1 dev eth0"), "{route}");
+            ensure!(host_links(lab)?.is_empty(), "a tap pod has no host end");
+
+            // Reachable at once, both ways across nodes, and services.
+            lab.serve(&ns, "t0", POD_PORT)?;
+            let to_t0 = SocketAddrV4::new(ip, POD_PORT);
+            let x = lab::tcp_exchange(&lab.pods[1].ns, to_t0, 1 << 20)?;
+            ensure!(x.server == "t0", "reached {}", x.server);
+            let x = lab::tcp_exchange(&ns, SocketAddrV4::new(lab.pods[1].ip, POD_PORT), 1 << 20)?;
+            ensure!(x.server == lab.pods[1].name, "reached {}", x.server);
+            let svc = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+            for _ in 0..4 {
+                lab::tcp_exchange(&ns, svc, 256 * 1024)?;
+            }
+            let mut conf = cni_conf(lab, 0, "1.1.0");
+            conf["prevResult"] = out.clone();
+            let (rc, o) = cni_call("CHECK", &env("t0", &path, "eth0"), &conf)?;
+            ensure!(rc == 0 && o.is_null(), "CHECK: {rc} {o}");
+            let (again, ip2) = add(lab, "t0", &ns)?;
+            ensure!(
+                ip2 == ip && again["interfaces"][0]["mac"] == out["interfaces"][0]["mac"],
+                "{again}"
+            );
+
+            // Restarts: the tap outlives the daemon, which opens it again.
+            for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+                restart(lab, sig)?;
+                wait_endpoints(lab, 2)?;
+                let x = lab::tcp_exchange(&lab.pods[1].ns, to_t0, 256 * 1024)
+                    .with_context(|| format!("after a restart by {sig:?}"))?;
+                ensure!(x.server == "t0");
+                let (rc, o) = cni_call("CHECK", &env("t0", &path, "eth0"), &conf)?;
+                ensure!(rc == 0, "CHECK after {sig:?}: {o}");
+            }
+
+            // DEL: the tap is gone, the address free; twice is fine.
+            let (rc, o) = cni_call("DEL", &env("t0", &path, "eth0"), &conf)?;
+            ensure!(rc == 0 && o.is_null(), "DEL: {rc} {o}");
+            let pod_links = lab::run("ip", &["-n", &ns, "-o", "link", "show"])?;
+            ensure!(!pod_links.contains("eth0"), "{pod_links}");
+            ensure!(ipam_ips(lab)?.is_empty(), "IPAM: {:?}", ipam_ips(lab)?);
+            wait_endpoints(lab, 1)?;
+            let (rc, _) = cni_call("DEL", &env("t0", &path, "eth0"), &conf)?;
+            ensure!(rc == 0, "second DEL");
+
+            // An eth0 that is already there (not ours) is refused, and nothing is kept.
+            lab::run(
+                "ip",
+                &[
+                    "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+                ],
+            )?;
+            let (rc, o) = cni_call("ADD", &env("t1", &path, "eth0"), &cni_conf(lab, 0, "1.1.0"))?;
+            ensure!(
+                rc == 1 && o["msg"] == "interface already exists",
+                "{rc} {o}"
+            );
+            ensure!(ipam_ips(lab)?.is_empty(), "IPAM: {:?}", ipam_ips(lab)?);
+            Ok(())
+        },
+    );
+}
+
+#[test]
 fn gc_removes_what_is_not_valid_and_bad_requests_get_the_spec_codes() {
     with_lab_spec(
         "cnigc",

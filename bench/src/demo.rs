@@ -21,6 +21,10 @@ pub struct LabOpts {
     /// Prefix of every namespace and file (default: xndemo for the demo, xnlab for a lab).
     #[arg(long, value_parser = prefix)]
     prefix: Option<String>,
+    /// What a pod's eth0 is: `veth` (an AF_XDP socket on its host end) or `tap` (a
+    /// persistent tap that keeps the pod's offloads).
+    #[arg(long, default_value = "veth", value_parser = ["veth", "tap"])]
+    pod_interface: String,
 }
 
 /// A lab's name.
@@ -53,6 +57,7 @@ struct Opts {
     nodes: usize,
     pods: usize,
     prefix: String,
+    taps: bool,
 }
 
 impl LabOpts {
@@ -61,6 +66,7 @@ impl LabOpts {
             nodes: usize::from(self.nodes),
             pods: usize::from(self.pods),
             prefix: self.prefix.unwrap_or_else(|| prefix.to_string()),
+            taps: self.pod_interface == "tap",
         }
     }
 }
@@ -79,7 +85,9 @@ pub fn lab(cmd: LabCmd) -> Result<()> {
         LabCmd::Up(o) => {
             let o = o.with_default(DEFAULT_PREFIX);
             lab::cleanup_on_signal()?;
-            let lab = Lab::up(&LabSpec::new(&o.prefix, o.nodes, o.pods))?;
+            let mut spec = LabSpec::new(&o.prefix, o.nodes, o.pods);
+            spec.taps = o.taps;
+            let lab = Lab::up(&spec)?;
             println!(
                 "lab {} up: {} nodes, {} pods; state {}; logs in {}",
                 o.prefix,

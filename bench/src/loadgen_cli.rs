@@ -285,7 +285,7 @@ pub struct CompareArgs {
     /// Service counts of the scale runs, comma-separated (2..60000 each), or `none`.
     #[arg(long, value_name = "A,B,C|none")]
     scale: Option<String>,
-    /// Variants, comma-separated: kernel, io-only, full.
+    /// Variants, comma-separated: kernel, io-only, full, tap.
     #[arg(long, value_delimiter = ',', value_parser = variant)]
     variants: Option<Vec<Variant>>,
     /// Scenarios, comma-separated: pod-pod-same-node, pod-pod-cross-node, pod-clusterip,
@@ -328,7 +328,7 @@ fn variant(s: &str) -> Result<Variant, String> {
     Variant::ALL
         .into_iter()
         .find(|k| k.name() == s)
-        .ok_or_else(|| format!("variant {s:?}: kernel, io-only, full"))
+        .ok_or_else(|| format!("variant {s:?}: kernel, io-only, full, tap"))
 }
 
 fn tcp_path(s: &str) -> Result<Option<TcpPath>, String> {

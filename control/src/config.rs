@@ -60,6 +60,8 @@ pub struct FileConfig {
     pub busy_poll: Option<bool>,
     /// SCHED_FIFO priority of the workers (1..99).
     pub worker_rt_priority: Option<u8>,
+    /// `veth` or `tap`: what the CNI endpoint gives a new pod (`--pod-interface`).
+    pub pod_interface: Option<crate::podnet::PodInterface>,
     /// Metrics and health address.
     pub metrics_address: Option<String>,
     /// Inspect socket path.

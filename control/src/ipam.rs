@@ -62,12 +62,15 @@ pub struct Allocation {
 /// How an allocation's pod is wired (what a restarted daemon needs to reattach it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Wiring {
-    /// The veth's host end (attached to the dataplane).
+    /// The veth's host end (attached to the dataplane); for a tap, the key its port goes by.
     pub host_if: String,
     /// MAC of the pod's interface.
     pub mac: String,
     /// The pod's network namespace path.
     pub netns: String,
+    /// The pod's interface is a tap (in `netns`, named as the allocation's interface).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tap: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -332,6 +335,7 @@ mod tests {
             host_if: "xnc0123456789ab".into(),
             mac: "02:00:00:00:00:01".into(),
             netns: "/run/netns/x".into(),
+            tap: true,
         };
         assert!(b.set_wiring("c3", "eth0", Some(w.clone())).expect("wire"));
         assert!(!b.set_wiring("nope", "eth0", None).expect("none"));

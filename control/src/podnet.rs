@@ -30,6 +30,55 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use xdpnet_dataplane::wire::MacAddr;
 
+/// What a pod's interface is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodInterface {
+    /// A veth pair: the host end in the node's namespace, an AF_XDP socket on it.
+    #[default]
+    Veth,
+    /// A persistent tap in the pod's namespace, read and written through its descriptor with
+    /// a virtio-net header per frame: the pod keeps its checksum and segmentation offloads.
+    Tap,
+}
+
+impl std::str::FromStr for PodInterface {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "veth" => Ok(Self::Veth),
+            "tap" => Ok(Self::Tap),
+            _ => Err(format!("pod interface {s:?}: veth or tap")),
+        }
+    }
+}
+
+/// Where a tap pod interface lives: its namespace and its name there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapPlace {
+    /// The pod's network namespace (a netns bind mount or `/proc/<pid>/ns/net`).
+    pub netns: std::path::PathBuf,
+    /// The tap's name in it.
+    pub ifname: String,
+}
+
+impl TapPlace {
+    /// Opens the tap's descriptor for a worker (entering the namespace on a short-lived
+    /// thread).
+    pub fn open(&self) -> io::Result<std::os::fd::OwnedFd> {
+        let name = self.ifname.clone();
+        in_netns(&self.netns, move || {
+            xdpnet_dataplane::sys::tap::open(&name, true)
+        })
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("tap {} in {}: {e}", self.ifname, self.netns.display()),
+            )
+        })
+    }
+}
+
 /// A link as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -211,6 +260,14 @@ impl Rtnl {
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sets link `index`'s MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.ack(RouteNetlinkMessage::SetLink(m), 0)
     }
 
     /// Sets link `index` up.

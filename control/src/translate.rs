@@ -8,7 +8,8 @@
 //!
 //! Local pods are this node's Pods with an IPv4 podIP that are not hostNetwork and not
 //! finished. With the file source the pod's host-side interface and MAC come from the
-//! annotations [`ANN_INTERFACE`] and [`ANN_MAC`] (the lab writes them); pods the CNI endpoint
+//! annotations [`ANN_INTERFACE`] and [`ANN_MAC`] (and [`ANN_TAP_NETNS`] for a tap; the lab writes
+//! them); pods the CNI endpoint
 //! wires reach the table from the endpoint itself, not from here.
 
 use crate::state::ClusterState;
@@ -21,6 +22,11 @@ use xdpnet_dataplane::wire::MacAddr;
 
 /// Pod annotation: name of the pod's host-side interface on this node.
 pub const ANN_INTERFACE: &str = "xdpnet.io/interface";
+/// Pod annotation: the pod's interface is a persistent tap (`eth0`, or
+/// [`ANN_TAP_IFNAME`]) in this network namespace (a path), not a veth.
+pub const ANN_TAP_NETNS: &str = "xdpnet.io/tap-netns";
+/// Pod annotation: the tap's name in [`ANN_TAP_NETNS`] (default `eth0`).
+pub const ANN_TAP_IFNAME: &str = "xdpnet.io/tap-ifname";
 /// Pod annotation: MAC of the pod's interface.
 pub const ANN_MAC: &str = "xdpnet.io/mac";
 pub use crate::state::LABEL_SERVICE;
@@ -76,8 +82,10 @@ pub struct LocalPod {
     pub ip: Ipv4Addr,
     /// Its MAC.
     pub mac: MacAddr,
-    /// Host-side interface.
+    /// Host-side interface (for a tap: the key its port goes by).
     pub ifname: String,
+    /// The pod's interface is a tap there ([`ANN_TAP_NETNS`]).
+    pub tap: Option<crate::podnet::TapPlace>,
 }
 
 /// Why no table can be built yet.
@@ -242,12 +250,22 @@ pub fn local_pods(
         let mac = ann
             .and_then(|a| a.get(ANN_MAC))
             .and_then(|m| m.parse::<MacAddr>().ok());
+        let tap = ann
+            .and_then(|a| a.get(ANN_TAP_NETNS))
+            .map(|ns| crate::podnet::TapPlace {
+                netns: ns.into(),
+                ifname: ann
+                    .and_then(|a| a.get(ANN_TAP_IFNAME))
+                    .cloned()
+                    .unwrap_or_else(|| "eth0".into()),
+            });
         match (ifname, mac) {
             (Some(i), Some(mac)) if !i.is_empty() && i.len() < 16 => local_pods.push(LocalPod {
                 key: key.clone(),
                 ip,
                 mac,
                 ifname: i.clone(),
+                tap,
             }),
             _ => warnings.push(format!(
                 "pod {key}: no valid {ANN_INTERFACE} / {ANN_MAC} annotations, not attached"

@@ -11,6 +11,7 @@
 pub mod conntrack;
 pub mod counters;
 pub mod fib;
+pub mod gso;
 pub mod hash;
 pub mod overlay;
 pub mod packet;

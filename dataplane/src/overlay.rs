@@ -86,7 +86,7 @@ impl OuterHeader {
         );
         // Checksum field back to zero; the base sum excludes length and checksum.
         h[IP + ipv4::field::CHECKSUM..][..2].copy_from_slice(&[0, 0]);
-        let ip_sum = checksum::sum(&h[IP..UDP]) as u32;
+        let ip_sum = u32::from(checksum::fold(checksum::sum(&h[IP..UDP])));
         h[UDP + 2..UDP + 4].copy_from_slice(&t.port.to_be_bytes());
         if let Ok(mut vx) = crate::wire::VxlanHeader::new_checked(&mut h[VXLAN..]) {
             vx.set(t.vni);
@@ -112,7 +112,8 @@ impl OuterHeader {
     #[inline]
     pub fn wrap(&self, p: &mut Packet<'_>, hash: u64, mtu: u16) -> Result<(), DropReason> {
         let outer_total = p.len + ENCAP_LEN - ethernet::HEADER_LEN;
-        if outer_total > mtu as usize {
+        // A large segment still to be cut is checked segment by segment when it is cut.
+        if outer_total > mtu as usize && p.gso == 0 {
             return Err(DropReason::MtuExceeded);
         }
         if !p.push_front(ENCAP_LEN) {
@@ -128,7 +129,11 @@ impl OuterHeader {
         ip[ipv4::field::CHECKSUM..][..2].copy_from_slice(&c.to_be_bytes());
         let u = &mut d[UDP..VXLAN];
         u[0..2].copy_from_slice(&sport.to_be_bytes());
-        u[4..6].copy_from_slice(&(total - ipv4::MIN_HEADER_LEN as u16).to_be_bytes());
+        u[4..6].copy_from_slice(
+            &total
+                .wrapping_sub(ipv4::MIN_HEADER_LEN as u16)
+                .to_be_bytes(),
+        );
         Ok(())
     }
 }

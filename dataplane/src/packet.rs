@@ -16,6 +16,9 @@ pub struct Packet<'a> {
     pub off: usize,
     /// Length of the data.
     pub len: usize,
+    /// Payload bytes per TCP segment when the frame is a large segment still to be cut (from
+    /// a tap port with TSO); 0 for a frame that is what it says.
+    pub gso: u16,
 }
 
 impl<'a> Packet<'a> {
@@ -23,7 +26,12 @@ impl<'a> Packet<'a> {
     pub fn new(chunk: &'a mut [u8], off: usize, len: usize) -> Self {
         let off = off.min(chunk.len());
         let len = len.min(chunk.len() - off);
-        Self { chunk, off, len }
+        Self {
+            chunk,
+            off,
+            len,
+            gso: 0,
+        }
     }
     /// The data.
     #[inline]

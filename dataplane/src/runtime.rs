@@ -163,6 +163,8 @@ struct PortState {
     ifname: String,
     ifindex: u32,
     role: PortRole,
+    /// A tap polled through its descriptor (no socket, no steering program).
+    tap: bool,
     /// (queue, worker, XSKMAP slot)
     queues: Vec<(u32, usize, u32)>,
 }
@@ -351,6 +353,7 @@ impl Dataplane {
             ifname: ifname.to_string(),
             ifindex,
             role,
+            tap: false,
             queues: Vec::new(),
         };
         let r = (|| {
@@ -413,6 +416,57 @@ impl Dataplane {
         }
     }
 
+    /// Wires the tap open on `fd` (see [`crate::sys::tap::open`]) as pod port `id`, named
+    /// `label` (the pod's interface key; the device itself is in the pod's namespace). The
+    /// worker with the fewest ports polls it.
+    pub fn add_tap_port(
+        &mut self,
+        id: PortId,
+        label: &str,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(), DataplaneError> {
+        if id as usize >= MAX_PORTS {
+            return Err(DataplaneError::Invalid(format!(
+                "port id {id} >= {MAX_PORTS}"
+            )));
+        }
+        if self.ports.contains_key(&id) {
+            return Err(DataplaneError::Invalid(format!(
+                "port id {id} already in use"
+            )));
+        }
+        if let Some((pid, _)) = self.ports.iter().find(|(_, p)| p.ifname == label) {
+            return Err(DataplaneError::Invalid(format!(
+                "{label} is already port {pid}"
+            )));
+        }
+        let w = (0..self.workers.len())
+            .min_by_key(|&w| self.workers[w].sockets)
+            .unwrap_or(0);
+        match self.ask(w, |reply| Command::AddTap {
+            port: id,
+            fd,
+            reply,
+        })? {
+            Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.workers[w].sockets += 1;
+        self.shared.owners[id as usize].store(w as u32, Ordering::Release);
+        self.ports.insert(
+            id,
+            PortState {
+                ifname: label.to_string(),
+                // The device is in the pod's namespace: no index here.
+                ifindex: 0,
+                role: PortRole::Pod,
+                tap: true,
+                queues: vec![(0, w, NONE)],
+            },
+        );
+        Ok(())
+    }
+
     /// Unwires port `id` (program detached, sockets closed, frames reclaimed). The table should
     /// stop using it first. False when there was no such port.
     pub fn remove_port(&mut self, id: PortId) -> bool {
@@ -420,7 +474,14 @@ impl Dataplane {
             return false;
         };
         self.shared.owners[id as usize].store(NONE, Ordering::Release);
-        self.unwire(&st);
+        if st.tap {
+            for &(_, w, _) in &st.queues {
+                let _ = self.ask(w, |reply| Command::RemoveTap { port: id, reply });
+                self.workers[w].sockets = self.workers[w].sockets.saturating_sub(1);
+            }
+        } else {
+            self.unwire(&st);
+        }
         true
     }
 

@@ -79,7 +79,10 @@ impl Bed {
             run_stdin("ip", &["netns", "exec", &n.ns, "iptables-restore"], &rules)
                 .with_context(|| format!("iptables-restore in {}", n.ns))?;
         }
-        if matches!(self.variant, Some(Variant::Full | Variant::IoOnly)) {
+        if matches!(
+            self.variant,
+            Some(Variant::Full | Variant::IoOnly | Variant::Tap)
+        ) {
             self.wait_services(self.lab.services.len())?;
         }
         Ok(())
@@ -134,13 +137,22 @@ impl Bed {
         // xdpnet, which an AF_XDP port needs (it carries no partial-checksum metadata). And
         // for xdpnet a queueing discipline on the pods' side: a full veth ring then holds the
         // pod's sender back (Linux 6.16 on) rather than dropping what it sent.
+        // The tap variant gives the pods taps instead (offloads on: the tap carries them).
+        if (v == Variant::Tap) != self.lab.taps {
+            self.lab.set_pod_interfaces(v == Variant::Tap)?;
+            self.pod_neighbours()?;
+        }
         for p in &self.lab.pods {
-            if v == Variant::Kernel {
-                lab::tx_on(&p.ns, "eth0")?;
-                let _ = sh("tc", &["-n", &p.ns, "qdisc", "del", "dev", "eth0", "root"]);
-            } else {
-                lab::tx_off(&p.ns, "eth0")?;
-                lab::fifo_queue(&p.ns, "eth0")?;
+            match v {
+                Variant::Tap => {}
+                Variant::Kernel => {
+                    lab::tx_on(&p.ns, "eth0")?;
+                    let _ = sh("tc", &["-n", &p.ns, "qdisc", "del", "dev", "eth0", "root"]);
+                }
+                _ => {
+                    lab::tx_off(&p.ns, "eth0")?;
+                    lab::fifo_queue(&p.ns, "eth0")?;
+                }
             }
         }
         if v != Variant::Kernel {

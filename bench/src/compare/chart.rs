@@ -33,6 +33,7 @@ pub fn svg(result: &Value) -> String {
         (Variant::Kernel, "#9e9e9e"),
         (Variant::IoOnly, "#64b5f6"),
         (Variant::Full, "#1565c0"),
+        (Variant::Tap, "#2e7d32"),
     ];
     let mut s = String::new();
     let _ = writeln!(

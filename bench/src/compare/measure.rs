@@ -81,6 +81,7 @@ pub fn xdpnet_drops(status: &Value) -> u64 {
             .as_object()
             .map_or(0, |m| m.values().map(u).sum());
         n += u(&w["tx_ring_full"]) + u(&w["handoff_drop"]) + u(&w["no_socket"]);
+        n += u(&w["tap"]["drops"]);
     }
     n
 }
@@ -90,7 +91,10 @@ impl Bed {
     /// drop in the lab's namespaces (nodes, pods, underlay, client).
     pub fn path_drops(&self) -> Result<u64> {
         let mut n = 0;
-        if matches!(self.variant, Some(Variant::Full | Variant::IoOnly)) {
+        if matches!(
+            self.variant,
+            Some(Variant::Full | Variant::IoOnly | Variant::Tap)
+        ) {
             for i in 0..self.lab.nodes.len() {
                 n += self.lab.status(i).map_or(0, |s| xdpnet_drops(&s));
             }
@@ -171,7 +175,10 @@ impl Bed {
     pub fn measure(&self, spec: &RunSpec) -> Result<Measured> {
         // xdpnetd refreshes its status (and its sockets' kernel counters) about once a second.
         let settle = || {
-            if matches!(self.variant, Some(Variant::Full | Variant::IoOnly)) {
+            if matches!(
+                self.variant,
+                Some(Variant::Full | Variant::IoOnly | Variant::Tap)
+            ) {
                 std::thread::sleep(Duration::from_millis(1_600));
             }
         };

@@ -60,17 +60,26 @@ pub enum Variant {
     IoOnly,
     /// xdpnetd.
     Full,
+    /// xdpnetd with the pods' `eth0` a tap (`--pod-interface tap`: offloads kept, large
+    /// segments through user space).
+    Tap,
 }
 
 impl Variant {
     /// All, in run order.
-    pub const ALL: [Variant; 3] = [Variant::Kernel, Variant::IoOnly, Variant::Full];
+    pub const ALL: [Variant; 4] = [
+        Variant::Kernel,
+        Variant::IoOnly,
+        Variant::Full,
+        Variant::Tap,
+    ];
     /// Name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Variant::Kernel => "kernel",
             Variant::IoOnly => "io-only",
             Variant::Full => "full",
+            Variant::Tap => "tap",
         }
     }
 }

@@ -10,10 +10,11 @@ pub(super) fn ratios(cells: &[Cell]) -> Value {
     let mut out = serde_json::Map::new();
     for s in Scenario::ALL {
         let get = |v| find(cells, v, s).map(|c| c.saturation.rate());
-        let (k, io, f) = (
+        let (k, io, f, tap) = (
             get(Variant::Kernel),
             get(Variant::IoOnly),
             get(Variant::Full),
+            get(Variant::Tap),
         );
         let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -21,7 +22,8 @@ pub(super) fn ratios(cells: &[Cell]) -> Value {
         };
         out.insert(
             s.name().into(),
-            json!({"full_over_io_only": div(f, io), "full_over_kernel": div(f, k)}),
+            json!({"full_over_io_only": div(f, io), "full_over_kernel": div(f, k),
+                   "tap_over_kernel": div(tap, k), "tap_over_full": div(tap, f)}),
         );
     }
     Value::Object(out)
@@ -31,16 +33,16 @@ pub(super) fn summary_table(cells: &[Cell], opts: &Options) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| scenario | kernel Mpps | io-only Mpps | full Mpps | full / io-only | full / kernel | core {} busy (k / io / full) | p99 us at half kernel rate (k / io / full) |",
+        "| scenario | kernel Mpps | io-only Mpps | full Mpps | tap Mpps | full / io-only | full / kernel | tap / kernel | core {} busy (k / io / full / tap) | p99 us at half kernel rate (k / io / full / tap) |",
         opts.dp_core
     );
-    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    let _ = writeln!(
+        t,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    );
     for s in Scenario::ALL {
         let get = |v| find(cells, v, s);
-        if [Variant::Kernel, Variant::IoOnly, Variant::Full]
-            .iter()
-            .all(|&v| get(v).is_none())
-        {
+        if Variant::ALL.iter().all(|&v| get(v).is_none()) {
             continue;
         }
         let rate = |v| get(v).map(|c| mpps(&c.saturation));
@@ -62,26 +64,31 @@ pub(super) fn summary_table(cells: &[Cell], opts: &Options) -> String {
                     format!("{:.1}", us(l.outcome.report.latency.p99))
                 })
         };
-        let (k, io, f) = (
+        let (k, io, f, tap) = (
             rate(Variant::Kernel),
             rate(Variant::IoOnly),
             rate(Variant::Full),
+            rate(Variant::Tap),
         );
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} / {} / {} / {} |",
             s.name(),
             f3(k),
             f3(io),
             f3(f),
+            f3(tap),
             f2(div(f, io)),
             f2(div(f, k)),
+            f2(div(tap, k)),
             cpu(Variant::Kernel),
             cpu(Variant::IoOnly),
             cpu(Variant::Full),
+            cpu(Variant::Tap),
             p99(Variant::Kernel),
             p99(Variant::IoOnly),
             p99(Variant::Full),
+            p99(Variant::Tap),
         );
     }
     t
@@ -130,9 +137,9 @@ pub(super) fn tcp_table(runs: &[TcpRun]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| TCP (iperf3) | streams | kernel Gbit/s | io-only Gbit/s | full Gbit/s | full / kernel | retransmits % (k / io / full) |"
+        "| TCP (iperf3) | streams | kernel Gbit/s | full Gbit/s | tap Gbit/s | full / kernel | tap / kernel | retransmits % (k / full / tap) |"
     );
-    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     let mut rows: Vec<(TcpPath, u32)> = Vec::new();
     for r in runs {
         if !rows.contains(&(r.path, r.streams)) {
@@ -150,7 +157,7 @@ pub(super) fn tcp_table(runs: &[TcpRun]) -> String {
                 format!("{:.3}", r.retransmit_ratio() * 100.0)
             })
         };
-        let ratio = match (get(Variant::Full), get(Variant::Kernel)) {
+        let ratio = |v| match (get(v), get(Variant::Kernel)) {
             (Some(f), Some(k)) if k.bits_per_second > 0.0 => {
                 format!("{:.2}x", f.bits_per_second / k.bits_per_second)
             }
@@ -158,16 +165,17 @@ pub(super) fn tcp_table(runs: &[TcpRun]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} / {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |",
             path.name(),
             streams,
             g(Variant::Kernel),
-            g(Variant::IoOnly),
             g(Variant::Full),
-            ratio,
+            g(Variant::Tap),
+            ratio(Variant::Full),
+            ratio(Variant::Tap),
             rt(Variant::Kernel),
-            rt(Variant::IoOnly),
-            rt(Variant::Full)
+            rt(Variant::Full),
+            rt(Variant::Tap)
         );
     }
     t

@@ -56,9 +56,14 @@ impl Lab {
             if self.absent.contains(&i) {
                 continue;
             }
+            let tap = if self.taps {
+                format!("    xdpnet.io/tap-netns: /run/netns/{}\n", p.ns)
+            } else {
+                String::new()
+            };
             let _ = write!(
                 y,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: lab\n  annotations:\n    xdpnet.io/interface: {}\n    xdpnet.io/mac: \"{}\"\nspec:\n  nodeName: {}\n  containers: []\nstatus:\n  phase: Running\n  podIP: {}\n",
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: lab\n  annotations:\n    xdpnet.io/interface: {}\n    xdpnet.io/mac: \"{}\"\n{tap}spec:\n  nodeName: {}\n  containers: []\nstatus:\n  phase: Running\n  podIP: {}\n",
                 p.name, p.host_if, p.mac, self.nodes[p.node].name, p.ip
             );
         }

@@ -69,6 +69,8 @@ impl Lab {
             self.frames.to_string(),
             "--max-pods".into(),
             self.max_pods.to_string(),
+            "--pod-interface".into(),
+            if self.taps { "tap" } else { "veth" }.into(),
             "--inspect-socket".into(),
             self.dir
                 .join(format!("{}.sock", node.name))

@@ -135,6 +135,9 @@ pub struct LabSpec {
     /// at 127.0.0.1:6443 inside every node namespace, one shared set of objects) instead of
     /// the state file.
     pub kube_api: bool,
+    /// Pods get a persistent tap as `eth0` (offloads on, polled through its descriptor)
+    /// instead of a veth; the daemons' CNI endpoints wire new pods the same way.
+    pub taps: bool,
 }
 
 impl LabSpec {
@@ -151,6 +154,7 @@ impl LabSpec {
             frames: 4096,
             max_pods: 8,
             kube_api: false,
+            taps: false,
         }
     }
 }
@@ -202,6 +206,8 @@ pub struct Lab {
     uplink_queues: usize,
     frames: u32,
     max_pods: usize,
+    /// Pods are taps ([`LabSpec::taps`]).
+    pub taps: bool,
     /// The API server double (and its listeners in the other node namespaces).
     api: Vec<xdpnet_control::api_double::ApiDouble>,
     /// (kind, key) of the objects given to the API double.

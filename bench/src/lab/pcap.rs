@@ -7,6 +7,8 @@ use super::*;
 pub struct Capture {
     child: Child,
     file: PathBuf,
+    /// tcpdump's stderr after "listening on" (its closing statistics).
+    tail: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 impl Capture {
@@ -14,7 +16,8 @@ impl Capture {
     pub fn start(ns: &str, ifname: &str, file: &Path) -> Result<Capture> {
         let child = Command::new("ip")
             .args([
-                "netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "-s", "0", "-w",
+                "netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "-s", "0", "-B", "65536",
+                "-w",
             ])
             .arg(file)
             .stdout(Stdio::null())
@@ -24,6 +27,7 @@ impl Capture {
         let mut c = Capture {
             child,
             file: file.to_path_buf(),
+            tail: None,
         };
         // tcpdump says "listening on" once the capture is live.
         let mut err = c.child.stderr.take().context("tcpdump stderr")?;
@@ -40,23 +44,43 @@ impl Capture {
             }
             seen.extend_from_slice(&b[..k]);
         }
-        std::thread::spawn(move || {
+        c.tail = Some(std::thread::spawn(move || {
             let mut sink = Vec::new();
             let _ = err.read_to_end(&mut sink);
-        });
+            sink
+        }));
         Ok(c)
     }
 
     /// Stops the capture and returns the frames (whole Ethernet frames).
-    pub fn stop(mut self) -> Result<Vec<Vec<u8>>> {
+    pub fn stop(self) -> Result<Vec<Vec<u8>>> {
+        Ok(self.stop_counted()?.0)
+    }
+
+    /// [`Self::stop`], and the frames the capture itself lost (tcpdump's "packets dropped by
+    /// kernel": its buffer was full), so a test can count what crossed without counting
+    /// the capture's own losses against the dataplane.
+    pub fn stop_counted(mut self) -> Result<(Vec<Vec<u8>>, u64)> {
         std::thread::sleep(Duration::from_millis(200));
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         );
         let _ = self.child.wait();
+        let tail = self
+            .tail
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        let dropped = String::from_utf8_lossy(&tail)
+            .lines()
+            .find_map(|l| {
+                l.strip_suffix(" packets dropped by kernel")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
         let data = std::fs::read(&self.file)?;
-        parse_pcap(&data)
+        Ok((parse_pcap(&data)?, dropped))
     }
 }
 

@@ -57,6 +57,7 @@ impl Lab {
             uplink_queues: spec.uplink_queues.clamp(1, 16),
             frames: spec.frames,
             max_pods: spec.max_pods,
+            taps: spec.taps,
             api: Vec::new(),
             api_objects: Default::default(),
             keep: false,
@@ -181,37 +182,77 @@ impl Lab {
             ])?;
         }
         for p in self.pods.clone() {
-            let node = &self.nodes[p.node];
             ip(&["netns", "add", &p.ns])?;
             ip(&["-n", &p.ns, "link", "set", "lo", "up"])?;
+            self.pod_link(&p)?;
+        }
+        Ok(())
+    }
+
+    /// Pod `p`'s `eth0` (a veth with its host end, or a tap) with its MAC, MTU, address,
+    /// queue, gateway neighbour and default route.
+    fn pod_link(&self, p: &LabPod) -> Result<()> {
+        let node = &self.nodes[p.node];
+        if self.taps {
+            // As the CNI endpoint gives a pod in tap mode: a persistent tap with a
+            // virtio-net header, offloads left on (the dataplane opens it by name).
+            ip(&[
+                "-n", &p.ns, "tuntap", "add", "dev", "eth0", "mode", "tap", "vnet_hdr",
+            ])?;
+        } else {
             ip(&[
                 "-n", &node.ns, "link", "add", &p.host_if, "mtu", "1450", "type", "veth", "peer",
                 "name", "eth0", "netns", &p.ns,
             ])?;
-            ip(&[
-                "-n", &p.ns, "link", "set", "eth0", "address", &p.mac, "mtu", "1450", "up",
-            ])?;
-            ip(&[
-                "-n",
-                &p.ns,
-                "addr",
-                "add",
-                &format!("{}/24", p.ip),
-                "dev",
-                "eth0",
-            ])?;
+        }
+        ip(&[
+            "-n", &p.ns, "link", "set", "eth0", "address", &p.mac, "mtu", "1450", "up",
+        ])?;
+        ip(&[
+            "-n",
+            &p.ns,
+            "addr",
+            "add",
+            &format!("{}/24", p.ip),
+            "dev",
+            "eth0",
+        ])?;
+        if !self.taps {
             tx_off(&p.ns, "eth0")?;
-            // As the CNI plugin gives a pod: a queue, so a full ring towards the dataplane
-            // holds the pod's sender back.
+            // As the CNI plugin gives a pod: a queue, so a full ring towards the
+            // dataplane holds the pod's sender back.
             fifo_queue(&p.ns, "eth0")?;
-            let gw = node.gateway.to_string();
-            permanent_neighbour(&p.ns, "eth0", &gw, GATEWAY_MAC)?;
-            ip(&[
-                "-n", &p.ns, "route", "add", "default", "via", &gw, "dev", "eth0",
-            ])?;
+        }
+        let gw = node.gateway.to_string();
+        permanent_neighbour(&p.ns, "eth0", &gw, GATEWAY_MAC)?;
+        ip(&[
+            "-n", &p.ns, "route", "add", "default", "via", &gw, "dev", "eth0",
+        ])?;
+        if !self.taps {
             ip(&["-n", &node.ns, "link", "set", &p.host_if, "up"])?;
         }
         Ok(())
+    }
+
+    /// Gives every pod a tap (`taps`) or a veth as its `eth0`, with everything else as
+    /// before, and rewrites the cluster state (a tap pod is annotated with its namespace).
+    /// The daemons must be stopped first.
+    pub fn set_pod_interfaces(&mut self, taps: bool) -> Result<()> {
+        if self.taps == taps {
+            return Ok(());
+        }
+        for p in self.pods.clone() {
+            if self.taps {
+                ip(&["-n", &p.ns, "link", "del", "eth0"])?;
+            } else {
+                ip(&["-n", &self.nodes[p.node].ns, "link", "del", &p.host_if])?;
+            }
+        }
+        self.taps = taps;
+        for p in self.pods.clone() {
+            self.pod_link(&p)?;
+        }
+        self.write_state()
     }
 
     /// Veth `eth0` in `ns` with `addr`/24, peer `peer` on the underlay bridge.

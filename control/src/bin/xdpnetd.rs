@@ -59,6 +59,10 @@ struct Args {
     /// --busy-poll.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99), conflicts_with = "busy_poll")]
     worker_rt_priority: Option<u8>,
+    /// What the CNI endpoint gives a new pod: `veth` (an AF_XDP socket on its host end) or
+    /// `tap` (a persistent tap in the pod that keeps its offloads) [default: veth].
+    #[arg(long)]
+    pod_interface: Option<xdpnet_control::podnet::PodInterface>,
     /// Benchmarks only: forward by destination address without the pipeline (no services,
     /// checks, encapsulation or rewrite) and take every uplink frame: the ceiling of the I/O
     /// layer that `xdpnet-bench compare` measures. Never on a real node.
@@ -278,6 +282,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         metrics_addr,
         inspect_socket,
         cni_socket,
+        pod_interface: a.pod_interface.or(file.pod_interface).unwrap_or_default(),
         dataplane: DataplaneConfig {
             cores,
             busy_poll: a.busy_poll || file.busy_poll.unwrap_or(false),

@@ -3,7 +3,9 @@
 use super::request::{Req, err, io_err, ipam_err};
 use super::*;
 use crate::ipam::Wiring;
-use crate::podnet::{Rtnl, in_netns_file};
+use crate::podnet::{PodInterface, Rtnl, in_netns_file};
+use std::os::fd::OwnedFd;
+use xdpnet_dataplane::sys::tap;
 
 impl CniService {
     pub(super) fn add(&self, r: &Req) -> Result<Outcome, CniError> {
@@ -37,25 +39,46 @@ impl CniService {
         let prefix = self.prefix_len();
         let mut rt = Rtnl::open().map_err(io_err("rtnetlink"))?;
         // A repeated ADD of a complete wiring answers the same; anything half-done is redone.
-        let existing = rt.link(&host_if).map_err(io_err("rtnetlink"))?;
-        let reuse = match (&existing, had.as_ref().and_then(|a| a.wiring.as_ref())) {
-            (Some(_), Some(w)) if w.netns == netns => self
+        let old = had.as_ref().and_then(|a| a.wiring.clone());
+        let old_tap = old.as_ref().filter(|w| w.tap).map(|w| TapPlace {
+            netns: w.netns.clone().into(),
+            ifname: r.ifname.clone(),
+        });
+        let existing = match &old_tap {
+            Some(t) => tap_present(t),
+            None => rt.link(&host_if).map_err(io_err("rtnetlink"))?.is_some(),
+        };
+        let reuse = match &old {
+            Some(w) if existing && w.netns == netns => self
                 .pod_side_matches(&ns, &r.ifname, ip, prefix)
                 .ok()
                 .flatten(),
             _ => None,
         };
         let result = match reuse {
-            Some(side) => self.finish(r, &mut rt, &host_if, &netns, ip, side.mac, mtu, false),
+            Some(side) => {
+                let at = (&host_if[..], &netns[..], old_tap.is_some());
+                self.finish(r, &mut rt, at, ip, side.mac, mtu, false, None)
+            }
             None => {
-                if existing.is_some() {
-                    // The old host end may be attached: detach before it goes.
+                if existing {
+                    // The old interface may be attached: detach before it goes.
                     self.ask_loop(PodOp::Detach(host_if.clone()))
                         .map_err(|e| err(code::TRY_AGAIN_LATER, "detaching", e))?;
-                    rt.delete_link(&host_if)
-                        .map_err(io_err("deleting a stale host interface"))?;
+                    match &old_tap {
+                        Some(t) => delete_tap(&t.netns, &t.ifname),
+                        None => rt.delete_link(&host_if).map(|_| ()),
+                    }
+                    .map_err(io_err("deleting a stale pod interface"))?;
                 }
-                self.wire(r, &mut rt, &host_if, (&netns, &ns), ip, prefix, mtu)
+                match self.settings.pod_interface {
+                    PodInterface::Veth => {
+                        self.wire(r, &mut rt, &host_if, (&netns, &ns), ip, prefix, mtu)
+                    }
+                    PodInterface::Tap => {
+                        self.wire_tap(r, &mut rt, &host_if, (&netns, &ns), ip, prefix, mtu)
+                    }
+                }
             }
         };
         if result.is_err() && had.is_none() {
@@ -121,7 +144,16 @@ impl CniService {
                 return Err(err(code::IO, "setting up the pod's interface", e));
             }
         };
-        match self.finish(r, rt, host_if, netns, ip, side.mac, mtu, true) {
+        match self.finish(
+            r,
+            rt,
+            (host_if, netns, false),
+            ip,
+            side.mac,
+            mtu,
+            true,
+            None,
+        ) {
             Ok(o) => Ok(o),
             Err(e) => {
                 let _ = self.ask_loop(PodOp::Detach(host_if.to_string()));
@@ -134,27 +166,104 @@ impl CniService {
         }
     }
 
-    /// Host end up, wiring persisted, attached and published.
+    /// Creates the pod's persistent tap in its namespace and sets it up (offloads kept: the
+    /// dataplane reads whole segments with partial checksums), then [`Self::finish`] with the
+    /// tap's descriptor; deletes the tap on failure.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn wire_tap(
+        &self,
+        r: &Req,
+        rt: &mut Rtnl,
+        host_if: &str,
+        (netns, ns): (&str, &std::fs::File),
+        ip: Ipv4Addr,
+        prefix: u8,
+        mtu: u32,
+    ) -> Result<Outcome, CniError> {
+        let (gw, gw_mac) = (self.settings.gateway, self.settings.gateway_mac);
+        let ifname = r.ifname.clone();
+        let made = in_netns_file(ns, move || {
+            let mut p = Rtnl::open()?;
+            if p.link(&ifname)?.is_some() {
+                return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            let fd = tap::open_persistent(&ifname, false)?;
+            let set_up = |p: &mut Rtnl| -> std::io::Result<PodSide> {
+                let l = p
+                    .link(&ifname)?
+                    .ok_or_else(|| std::io::Error::other(format!("{ifname} vanished")))?;
+                p.set_mtu(l.index, mtu)?;
+                p.add_address(l.index, ip, prefix)?;
+                p.set_up(l.index)?;
+                p.set_permanent_neighbour(l.index, gw, gw_mac)?;
+                p.set_default_route(gw, l.index)?;
+                let mac = l
+                    .mac
+                    .ok_or_else(|| std::io::Error::other(format!("{ifname} has no MAC")))?;
+                Ok(PodSide { mac })
+            };
+            match set_up(&mut p) {
+                Ok(side) => Ok((side, fd)),
+                Err(e) => {
+                    drop(fd);
+                    let _ = p.delete_link(&ifname);
+                    Err(e)
+                }
+            }
+        });
+        let (side, fd) = made.map_err(|e| {
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                err(
+                    code::IO,
+                    "interface already exists",
+                    format!("{} in {netns} already exists", r.ifname),
+                )
+            } else {
+                err(code::IO, "setting up the pod's tap", e)
+            }
+        })?;
+        let at = (host_if, netns, true);
+        match self.finish(r, rt, at, ip, side.mac, mtu, true, Some(fd)) {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                let _ = self.ask_loop(PodOp::Detach(host_if.to_string()));
+                let _ = delete_tap(std::path::Path::new(netns), &r.ifname);
+                if let Ok(mut i) = self.ipam.lock() {
+                    let _ = i.set_wiring(&r.container_id, &r.ifname, None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Host end up (a veth), wiring persisted, attached and published. `(host_if, netns,
+    /// tap)`: the interface's key, the pod's namespace, whether it is a tap (then `tap_fd` is
+    /// its descriptor, or None for the loop to open).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish(
         &self,
         r: &Req,
         rt: &mut Rtnl,
-        host_if: &str,
-        netns: &str,
+        (host_if, netns, is_tap): (&str, &str, bool),
         ip: Ipv4Addr,
         mac: MacAddr,
         mtu: u32,
         record: bool,
+        tap_fd: Option<OwnedFd>,
     ) -> Result<Outcome, CniError> {
-        let host = rt
-            .link(host_if)
-            .map_err(io_err("rtnetlink"))?
-            .ok_or_else(|| err(code::IO, "host interface vanished", host_if))?;
-        if !host.up {
-            rt.set_up(host.index)
-                .map_err(io_err("setting the host interface up"))?;
-        }
+        let host = if is_tap {
+            None
+        } else {
+            let host = rt
+                .link(host_if)
+                .map_err(io_err("rtnetlink"))?
+                .ok_or_else(|| err(code::IO, "host interface vanished", host_if))?;
+            if !host.up {
+                rt.set_up(host.index)
+                    .map_err(io_err("setting the host interface up"))?;
+            }
+            Some(host)
+        };
         if record {
             self.ipam
                 .lock()
@@ -166,17 +275,24 @@ impl CniService {
                         host_if: host_if.to_string(),
                         mac: mac.to_string(),
                         netns: netns.to_string(),
+                        tap: is_tap,
                     }),
                 )
                 .map_err(ipam_err)?;
         }
-        self.ask_loop(PodOp::Attach(CniPod {
+        let tap = is_tap.then(|| TapPlace {
+            netns: netns.into(),
+            ifname: r.ifname.clone(),
+        });
+        let pod = CniPod {
             host_if: host_if.to_string(),
             ip,
             mac,
             key: r.key(),
-        }))
-        .map_err(|e| err(code::IO, "attaching the pod to the dataplane", e))?;
+            tap,
+        };
+        self.ask_loop(PodOp::Attach(pod, tap_fd))
+            .map_err(|e| err(code::IO, "attaching the pod to the dataplane", e))?;
         Ok(Outcome {
             interface: r.ifname.clone(),
             mac: mac.to_string(),
@@ -184,8 +300,8 @@ impl CniService {
             address: format!("{ip}/{}", self.prefix_len()),
             gateway: self.settings.gateway.to_string(),
             mtu,
-            host_interface: Some(host_if.to_string()),
-            host_mac: host.mac.map(|m| m.to_string()),
+            host_interface: host.as_ref().map(|_| host_if.to_string()),
+            host_mac: host.and_then(|h| h.mac).map(|m| m.to_string()),
         })
     }
 
@@ -232,14 +348,27 @@ impl CniService {
         })
     }
 
-    /// Detaches, deletes the host end, releases the address. Idempotent.
+    /// Detaches, deletes the host end (or the tap in the pod's namespace), releases the
+    /// address. Idempotent.
     pub(super) fn remove(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
         let host_if = host_ifname(container_id, ifname);
+        let wiring = self
+            .ipam
+            .lock()
+            .map_err(|_| err(code::IO, "internal", "lock poisoned"))?
+            .allocation(container_id, ifname)
+            .and_then(|a| a.wiring.clone());
         self.ask_loop(PodOp::Detach(host_if.clone()))
             .map_err(|e| err(code::TRY_AGAIN_LATER, "detaching from the dataplane", e))?;
-        Rtnl::open()
-            .and_then(|mut rt| rt.delete_link(&host_if))
-            .map_err(io_err("deleting the host interface"))?;
+        match wiring.filter(|w| w.tap) {
+            Some(w) => delete_tap(std::path::Path::new(&w.netns), ifname)
+                .map_err(io_err("deleting the pod's tap"))?,
+            None => {
+                Rtnl::open()
+                    .and_then(|mut rt| rt.delete_link(&host_if))
+                    .map_err(io_err("deleting the host interface"))?;
+            }
+        }
         self.ipam
             .lock()
             .map_err(|_| err(code::IO, "internal", "lock poisoned"))?
@@ -293,7 +422,9 @@ impl CniService {
             .wiring
             .ok_or_else(|| fail("the pod was never wired".into()))?;
         let mut rt = Rtnl::open().map_err(io_err("rtnetlink"))?;
+        // A tap has no host end: the pod side below covers it.
         match rt.link(&w.host_if).map_err(io_err("rtnetlink"))? {
+            _ if w.tap => {}
             Some(l) if l.up => {}
             Some(_) => return Err(fail(format!("{} is down", w.host_if))),
             None => return Err(fail(format!("{} does not exist", w.host_if))),

@@ -31,7 +31,7 @@ mod server;
 pub use server::{CniServer, serve};
 
 use crate::ipam::Ipam;
-use crate::podnet::Rtnl;
+use crate::podnet::{Rtnl, TapPlace, in_netns};
 use crate::view::LoopView;
 use request::{Req, err};
 use serde_json::{Value, json};
@@ -73,6 +73,22 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("{HOST_PREFIX}{:012x}", h >> 16)
 }
 
+/// Whether the tap `t` still exists (its namespace open and the device in it).
+fn tap_present(t: &TapPlace) -> bool {
+    let name = t.ifname.clone();
+    in_netns(&t.netns, move || Ok(Rtnl::open()?.link(&name)?.is_some())).unwrap_or(false)
+}
+
+/// Deletes the tap `ifname` in the namespace at `netns` (gone already, or its namespace: fine).
+fn delete_tap(netns: &Path, ifname: &str) -> std::io::Result<()> {
+    let name = ifname.to_string();
+    match in_netns(netns, move || Rtnl::open()?.delete_link(&name)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A pod as the control loop attaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniPod {
@@ -84,13 +100,16 @@ pub struct CniPod {
     pub mac: MacAddr,
     /// `namespace/name` or the container ID.
     pub key: String,
+    /// The pod's interface is a tap there (`host_if` is then only its key).
+    pub tap: Option<crate::podnet::TapPlace>,
 }
 
 /// What the endpoint asks of the control loop.
 #[derive(Debug)]
 pub enum PodOp {
-    /// Attach (or keep attached) and publish; answered after the publish.
-    Attach(CniPod),
+    /// Attach (or keep attached) and publish; answered after the publish. A tap pod's
+    /// descriptor, opened while wiring it, comes along (else the loop opens it).
+    Attach(CniPod, Option<std::os::fd::OwnedFd>),
     /// Detach and publish; answered once the port is closed.
     Detach(String),
     /// Is this host end attached?
@@ -159,6 +178,8 @@ pub struct CniSettings {
     pub gateway_mac: MacAddr,
     /// The largest pod MTU (underlay MTU - 50).
     pub max_mtu: u32,
+    /// What a new pod's interface is.
+    pub pod_interface: crate::podnet::PodInterface,
 }
 
 /// Requests served, by outcome (for metrics).
@@ -254,13 +275,22 @@ impl CniService {
         let (mut found, mut missing) = (Vec::new(), Vec::new());
         for a in ipam.allocations() {
             let key = a.pod.clone().unwrap_or_else(|| a.container_id.clone());
+            let tap = a.wiring.as_ref().filter(|w| w.tap).map(|w| TapPlace {
+                netns: w.netns.clone().into(),
+                ifname: a.ifname.clone(),
+            });
+            let present = |w: &crate::ipam::Wiring| match &tap {
+                Some(t) => tap_present(t),
+                None => links.contains(&w.host_if),
+            };
             match &a.wiring {
-                Some(w) if links.contains(&w.host_if) => match w.mac.parse() {
+                Some(w) if present(w) => match w.mac.parse() {
                     Ok(mac) => found.push(CniPod {
                         host_if: w.host_if.clone(),
                         ip: a.ip,
                         mac,
                         key,
+                        tap,
                     }),
                     Err(_) => missing.push(key),
                 },

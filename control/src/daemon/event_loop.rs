@@ -153,15 +153,18 @@ impl Daemon {
 
     /// Serves the CNI endpoint's requests waiting in `rx`: applies them, syncs once, answers.
     fn serve_cni(&mut self, rx: &Receiver<PodRequest>) {
-        let batch: Vec<PodRequest> = rx.try_iter().collect();
+        let mut batch: Vec<PodRequest> = rx.try_iter().collect();
         if batch.is_empty() {
             return;
         }
         let since = Instant::now();
         let mut changed = false;
-        for r in &batch {
-            match &r.op {
-                PodOp::Attach(p) => {
+        for r in &mut batch {
+            match &mut r.op {
+                PodOp::Attach(p, fd) => {
+                    if let Some(fd) = fd.take() {
+                        self.tap_fds.insert(p.host_if.clone(), fd);
+                    }
                     changed |= self.cni_pods.get(&p.host_if) != Some(p);
                     self.cni_pods.insert(p.host_if.clone(), p.clone());
                 }
@@ -174,7 +177,7 @@ impl Daemon {
         }
         for r in batch {
             let answer = match &r.op {
-                PodOp::Attach(p) => self.attached(&p.host_if),
+                PodOp::Attach(p, _) => self.attached(&p.host_if),
                 PodOp::Check(h) => self.attached(h),
                 PodOp::Detach(h) if self.pods.contains_key(h) => {
                     Err(LoopError::StillAttached(h.clone()))

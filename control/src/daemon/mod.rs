@@ -91,6 +91,8 @@ pub struct DaemonConfig {
     pub inspect_socket: Option<PathBuf>,
     /// Unix socket of the CNI endpoint the `xdpnet` plugin calls (None: off).
     pub cni_socket: Option<PathBuf>,
+    /// What the CNI endpoint gives a new pod as its interface.
+    pub pod_interface: crate::podnet::PodInterface,
     /// Dataplane runtime settings.
     pub dataplane: DataplaneConfig,
 }
@@ -130,6 +132,8 @@ struct Daemon {
     persist: persist::Persist,
     /// Pods the CNI endpoint wired, by host end.
     cni_pods: BTreeMap<String, CniPod>,
+    /// Tap descriptors the CNI endpoint opened, until their pod is attached.
+    tap_fds: BTreeMap<String, std::os::fd::OwnedFd>,
 }
 
 /// Runs the daemon until `stop` is set. `reload` forces a re-read of the state.

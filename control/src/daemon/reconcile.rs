@@ -80,6 +80,7 @@ impl Daemon {
                     ip: p.ip,
                     mac: p.mac,
                     ifname: i.clone(),
+                    tap: p.tap.clone(),
                 },
             );
         }
@@ -94,6 +95,7 @@ impl Daemon {
     /// Attaches the wanted pods not attached yet (failures are kept for the CNI's answer).
     fn attach_new(&mut self, want: &BTreeMap<String, LocalPod>) {
         self.attach_errors.retain(|i, _| want.contains_key(i));
+        self.tap_fds.retain(|i, _| want.contains_key(i));
         for (ifname, p) in want {
             if let Some(a) = self.pods.get_mut(ifname) {
                 a.ip = p.ip;
@@ -105,7 +107,23 @@ impl Daemon {
                     .insert(ifname.clone(), LoopError::NoPortId(ifname.clone()));
                 continue;
             };
-            match self.dp.add_port(port, ifname, PortRole::Pod) {
+            let r = match &p.tap {
+                Some(place) => match self.tap_fds.remove(ifname) {
+                    Some(fd) => Ok(fd),
+                    None => place.open(),
+                }
+                .map_err(|e| e.to_string())
+                .and_then(|fd| {
+                    self.dp
+                        .add_tap_port(port, ifname, fd)
+                        .map_err(|e| e.to_string())
+                }),
+                None => self
+                    .dp
+                    .add_port(port, ifname, PortRole::Pod)
+                    .map_err(|e| e.to_string()),
+            };
+            match r {
                 Ok(()) => {
                     log!(
                         self.cfg.node_name,

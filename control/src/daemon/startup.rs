@@ -209,6 +209,7 @@ pub(super) fn start(
         view,
         persist,
         cni_pods: BTreeMap::new(),
+        tap_fds: BTreeMap::new(),
         cfg,
     })
 }
@@ -285,6 +286,7 @@ impl Daemon {
                 gateway: node.gateway_ip,
                 gateway_mac: self.cfg.gateway_mac,
                 max_mtu: u32::from(node.mtu - MTU_OVERHEAD),
+                pod_interface: self.cfg.pod_interface,
             },
             ipam,
             to_loop,

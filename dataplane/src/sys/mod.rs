@@ -12,6 +12,7 @@ pub mod fd;
 pub mod mem;
 pub mod netdev;
 pub mod sched;
+pub mod tap;
 pub mod xsk;
 
 pub use mem::{AtomicArray, MapError, prefetch};

@@ -629,6 +629,25 @@ impl XskSocket {
         };
     }
 
+    /// Raises how many TX descriptors one wakeup (`sendto`) may send in copy mode, from the
+    /// kernel's 32 (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17; between 32 and the TX ring's size).
+    /// False where the kernel does not have it (the default stays).
+    pub fn set_tx_budget(&self, budget: u32) -> bool {
+        const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+        let v: u32 = budget;
+        // SAFETY: the kernel reads one u32 through the pointer, which outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                XDP_MAX_TX_SKB_BUDGET,
+                (&v as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        r == 0
+    }
+
     /// The kernel's counters for this socket.
     pub fn stats(&self) -> Result<XskStats, XskError> {
         let mut s = std::mem::MaybeUninit::<libc::xdp_statistics>::zeroed();

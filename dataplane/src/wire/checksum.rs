@@ -6,14 +6,21 @@
 //! as one recomputed from scratch.
 
 /// Ones'-complement sum of `data` (big-endian 16-bit words, odd byte padded), not folded.
+/// Eight bytes per add with an end-around carry (2^16 = 1 modulo 0xffff, so a 64-bit word
+/// folds to the same 16-bit sum as its four 16-bit words).
 #[inline]
 pub fn sum(data: &[u8]) -> u64 {
     let mut acc: u64 = 0;
+    let mut carry: u64 = 0;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        acc += (w >> 48) + ((w >> 32) & 0xffff) + ((w >> 16) & 0xffff) + (w & 0xffff);
+        let (a, o) = acc.overflowing_add(w);
+        acc = a;
+        carry += u64::from(o);
     }
+    // Fold the 64-bit sum to 33 bits before adding the rest, so nothing can overflow.
+    let mut acc = (acc >> 32) + (acc & 0xffff_ffff) + carry;
     let rest = chunks.remainder();
     let mut pairs = rest.chunks_exact(2);
     for p in &mut pairs {
@@ -108,6 +115,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn wide_sum_folds_like_the_16_bit_words(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let mut naive: u64 = 0;
+            for p in data.chunks(2) {
+                naive += u64::from(u16::from_be_bytes([p[0], *p.get(1).unwrap_or(&0)]));
+            }
+            prop_assert_eq!(fold(sum(&data)), fold(naive));
+        }
+
         #[test]
         fn incremental_matches_full(mut data in proptest::collection::vec(any::<u8>(), 4..64),
                                     at in 0usize..30, new16 in any::<u16>(), new32 in any::<u32>()) {

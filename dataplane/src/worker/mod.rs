@@ -21,14 +21,17 @@ use crate::packet::{HEADROOM, Packet};
 use crate::pipeline::{MAX_BATCH, Pipeline, Verdict};
 use crate::rcu::FibCell;
 use crate::sys::fd::Notifier;
+use crate::sys::tap::{self, VNET_HDR_LEN, VnetHdr};
 use crate::sys::xsk::{Poller, RingSizes, Umem, XdpDesc, XskError, XskSocket};
 use arrayvec::ArrayVec;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
+
+mod tap_port;
 
 const FREE: u32 = u32::MAX;
 const HELD: u32 = u32::MAX - 1;
@@ -53,6 +56,11 @@ crate::counters::counter_set! {
         xsk_rx_ring_full: Counter, "kernel.rx_ring_full", "xdpnet_worker_kernel_rx_ring_full_total", "Times the kernel found a worker's RX ring full.";
         xsk_fill_empty: Counter, "kernel.fill_ring_empty", "xdpnet_worker_kernel_fill_ring_empty_total", "Times the kernel found a worker's fill ring empty when a frame arrived.";
         xsk_invalid: Counter, "kernel.invalid_descs", "xdpnet_worker_kernel_invalid_descriptors_total", "RX/TX descriptors the kernel found invalid.";
+        tap_rx: Counter, "tap.rx", "xdpnet_worker_tap_rx_frames_total", "Frames read from tap ports (a large TCP segment counts once).";
+        tap_tx: Counter, "tap.tx", "xdpnet_worker_tap_tx_frames_total", "Frames written to tap ports (a large TCP segment counts once).";
+        tap_segments: Counter, "tap.segments", "xdpnet_worker_gso_segments_total", "Segments cut in software from large tap frames for ports that cannot carry them whole.";
+        tap_drops: Counter, "tap.drops", "xdpnet_worker_tap_drops_total", "Frames to or from tap ports dropped: device queue full or gone, a large frame that cannot be cut, or no free frame to cut it into.";
+        gro_merged: Counter, "tap.gro_segments", "xdpnet_worker_gro_segments_total", "Segments merged with the one before them on their way to a tap (GRO in user space: one write for many).";
         frames_total: Gauge, "frames.total", "xdpnet_worker_frames", "Frames of a worker's UMEM.";
         frames_free: Gauge, "frames.free", "xdpnet_worker_frames_free", "Frames free in a worker.";
         frames_fill: Gauge, "frames.fill", "xdpnet_worker_frames_fill", "Frames in fill rings and RX paths.";
@@ -113,6 +121,29 @@ pub(crate) enum Command {
     },
     /// Close the socket in XSKMAP slot `slot`, reclaiming its frames.
     RemoveSocket { slot: u32, reply: Sender<()> },
+    /// Poll the tap open on `fd` as port `port`.
+    AddTap {
+        port: PortId,
+        fd: OwnedFd,
+        reply: Sender<Result<(), XskError>>,
+    },
+    /// Close port `port`'s tap descriptor (the device stays: it is persistent).
+    RemoveTap { port: PortId, reply: Sender<()> },
+}
+
+/// TX descriptors one copy-mode wakeup may send ([`XskSocket::set_tx_budget`]).
+const TX_BUDGET: u32 = 256;
+
+/// Frames read from one tap per turn.
+const TAP_BATCH: usize = 8;
+/// A tap read buffer: headroom (the virtio-net header goes right before the data), the
+/// largest frame a tap hands over (64 KiB IPv4 + Ethernet), slack.
+const TAP_BUF: usize = HEADROOM + 65_536 + 512;
+
+#[derive(Debug)]
+struct TapPort {
+    fd: OwnedFd,
+    port: PortId,
 }
 
 #[derive(Debug)]
@@ -146,6 +177,14 @@ pub(crate) struct Worker {
     socks: Vec<Option<Sock>>,
     /// Port id -> index in `socks` of a socket that can transmit on it.
     local_tx: Vec<u32>,
+    taps: Vec<Option<TapPort>>,
+    /// Port id -> index in `taps`.
+    local_tap: Vec<u32>,
+    /// Read buffers for taps (allocated with the first tap).
+    tap_bufs: Vec<Box<[u8]>>,
+    tap_hdrs: [VnetHdr; TAP_BATCH],
+    /// Segments towards a tap being merged (see [`crate::gso::mergeable`]).
+    gro: tap_port::Gro,
     shared: Arc<WorkerShared>,
     pipeline: Pipeline,
     io: Arc<IoCounters>,
@@ -190,6 +229,11 @@ impl Worker {
             umem,
             socks: Vec::new(),
             local_tx: vec![NONE; crate::fib::MAX_PORTS],
+            taps: Vec::new(),
+            local_tap: vec![NONE; crate::fib::MAX_PORTS],
+            tap_bufs: Vec::new(),
+            tap_hdrs: [VnetHdr::default(); TAP_BATCH],
+            gro: tap_port::Gro::default(),
             shared,
             pipeline,
             io,
@@ -222,7 +266,11 @@ impl Worker {
                     work += self.receive(s);
                 }
             }
+            for t in 0..self.taps.len() {
+                work += self.receive_tap(t);
+            }
             work += self.take_handoffs();
+            self.flush_gro();
             self.flush();
             self.commands();
             self.gauges();
@@ -237,8 +285,11 @@ impl Worker {
             }
             if self.poller_dirty {
                 let wake = self.shared.wakers[self.idx].fd();
+                let taps = self.taps.iter().flatten().map(|t| t.fd.as_fd());
                 self.poller.set(
-                    std::iter::once(wake).chain(self.socks.iter().flatten().map(|s| s.xsk.fd())),
+                    std::iter::once(wake)
+                        .chain(self.socks.iter().flatten().map(|s| s.xsk.fd()))
+                        .chain(taps),
                 );
                 self.poller_dirty = false;
             }
@@ -254,6 +305,7 @@ impl Worker {
         for slot in slots {
             self.remove_socket(slot);
         }
+        self.taps.clear();
         self.gauges();
     }
 
@@ -438,6 +490,12 @@ impl Worker {
 
     /// Places held chunk `idx` (data at `off`, `len` bytes) on `port`.
     fn output(&mut self, idx: u32, off: u32, len: u32, port: PortId) {
+        let tp = self.local_tap.get(port as usize).copied().unwrap_or(NONE);
+        if tp != NONE {
+            self.send_to_tap(tp, idx, off as usize, len as usize);
+            self.release(idx);
+            return;
+        }
         let t = self.local_tx.get(port as usize).copied().unwrap_or(NONE);
         if t != NONE {
             if let Some(sock) = self.socks[t as usize].as_mut() {
@@ -558,6 +616,13 @@ impl Worker {
                     self.remove_socket(slot);
                     let _ = reply.send(());
                 }
+                Command::AddTap { port, fd, reply } => {
+                    let _ = reply.send(self.add_tap(port, fd));
+                }
+                Command::RemoveTap { port, reply } => {
+                    self.remove_tap(port);
+                    let _ = reply.send(());
+                }
             }
         }
     }
@@ -581,6 +646,8 @@ impl Worker {
             Err(_) if shared.is_some() => XskSocket::bind(&self.umem, None, ifindex, queue, rings)?,
             Err(e) => return Err(e),
         };
+        // Fewer wakeups for a burst (a large segment cut into dozens of frames).
+        xsk.set_tx_budget(TX_BUDGET.min(rings.tx));
         let fd = xsk.fd().try_clone_to_owned().map_err(|e| XskError::Sys {
             call: "dup (socket fd for the XSKMAP)",
             source: e,
