@@ -631,7 +631,8 @@ impl XskSocket {
 
     /// Raises how many TX descriptors one wakeup (`sendto`) may send in copy mode, from the
     /// kernel's 32 (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17; between 32 and the TX ring's size).
-    /// False where the kernel does not have it (the default stays).
+    /// False where the kernel does not have it (the default stays). Not used by the workers:
+    /// measured, 256 per wakeup overran the receiving veth's backlog (BENCHMARKS.md, issue 14).
     pub fn set_tx_budget(&self, budget: u32) -> bool {
         const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
         let v: u32 = budget;

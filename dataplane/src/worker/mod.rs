@@ -131,9 +131,6 @@ pub(crate) enum Command {
     RemoveTap { port: PortId, reply: Sender<()> },
 }
 
-/// TX descriptors one copy-mode wakeup may send ([`XskSocket::set_tx_budget`]).
-const TX_BUDGET: u32 = 256;
-
 /// Frames read from one tap per turn.
 const TAP_BATCH: usize = 8;
 /// A tap read buffer: headroom (the virtio-net header goes right before the data), the
@@ -646,8 +643,6 @@ impl Worker {
             Err(_) if shared.is_some() => XskSocket::bind(&self.umem, None, ifindex, queue, rings)?,
             Err(e) => return Err(e),
         };
-        // Fewer wakeups for a burst (a large segment cut into dozens of frames).
-        xsk.set_tx_budget(TX_BUDGET.min(rings.tx));
         let fd = xsk.fd().try_clone_to_owned().map_err(|e| XskError::Sys {
             call: "dup (socket fd for the XSKMAP)",
             source: e,
