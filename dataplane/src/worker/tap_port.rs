@@ -281,6 +281,24 @@ impl Worker {
         n
     }
 
+    /// Before `n` segments go to `port`: when its TX ring here has less room than that, sends
+    /// what is queued on every socket and takes back completions, so a large segment does not
+    /// meet a ring still full of the previous ones (what is still short is dropped, counted
+    /// as `tx_ring_full`).
+    fn make_tx_room(&mut self, port: PortId, n: u32) {
+        let t = self.local_tx.get(port as usize).copied().unwrap_or(NONE);
+        let short = self
+            .socks
+            .get_mut(t as usize)
+            .and_then(Option::as_mut)
+            .is_some_and(|s| s.xsk.tx.free().saturating_sub(s.tx_pending) < n);
+        if !short {
+            return;
+        }
+        self.flush();
+        self.reclaim(t as usize);
+    }
+
     /// Places a frame read from a tap (`buf[off..off + len]`, `orig_len` bytes as read: the
     /// pipeline may have put outer headers in front) on `port`.
     fn place_tap_frame(
@@ -340,7 +358,9 @@ impl Worker {
                     self.io.tap_drops.inc();
                     return;
                 }
-                for k in 0..gso::segments(&t, mss) {
+                let n = gso::segments(&t, mss);
+                self.make_tx_room(port, n as u32);
+                for k in 0..n {
                     let Some(idx) = self.free.pop() else {
                         self.io.tap_drops.inc();
                         return;
