@@ -321,21 +321,7 @@ impl Dataplane {
         ifname: &str,
         role: PortRole,
     ) -> Result<(), DataplaneError> {
-        if id as usize >= MAX_PORTS {
-            return Err(DataplaneError::Invalid(format!(
-                "port id {id} >= {MAX_PORTS}"
-            )));
-        }
-        if self.ports.contains_key(&id) {
-            return Err(DataplaneError::Invalid(format!(
-                "port id {id} already in use"
-            )));
-        }
-        if let Some((pid, _)) = self.ports.iter().find(|(_, p)| p.ifname == ifname) {
-            return Err(DataplaneError::Invalid(format!(
-                "{ifname} is already port {pid}"
-            )));
-        }
+        self.check_new_port(id, ifname)?;
         let ifindex = if_index(ifname)?;
         let queues = match role {
             PortRole::Uplink => crate::sys::netdev::rx_queues(ifname),
@@ -405,6 +391,26 @@ impl Dataplane {
         Ok(())
     }
 
+    /// A new port needs a free id below [`MAX_PORTS`] and a name no port has.
+    fn check_new_port(&self, id: PortId, name: &str) -> Result<(), DataplaneError> {
+        if id as usize >= MAX_PORTS {
+            return Err(DataplaneError::Invalid(format!(
+                "port id {id} >= {MAX_PORTS}"
+            )));
+        }
+        if self.ports.contains_key(&id) {
+            return Err(DataplaneError::Invalid(format!(
+                "port id {id} already in use"
+            )));
+        }
+        if let Some((pid, _)) = self.ports.iter().find(|(_, p)| p.ifname == name) {
+            return Err(DataplaneError::Invalid(format!(
+                "{name} is already port {pid}"
+            )));
+        }
+        Ok(())
+    }
+
     fn unwire(&mut self, st: &PortState) {
         self.steering.detach(st.ifindex);
         for &(q, w, slot) in &st.queues {
@@ -425,21 +431,7 @@ impl Dataplane {
         label: &str,
         fd: std::os::fd::OwnedFd,
     ) -> Result<(), DataplaneError> {
-        if id as usize >= MAX_PORTS {
-            return Err(DataplaneError::Invalid(format!(
-                "port id {id} >= {MAX_PORTS}"
-            )));
-        }
-        if self.ports.contains_key(&id) {
-            return Err(DataplaneError::Invalid(format!(
-                "port id {id} already in use"
-            )));
-        }
-        if let Some((pid, _)) = self.ports.iter().find(|(_, p)| p.ifname == label) {
-            return Err(DataplaneError::Invalid(format!(
-                "{label} is already port {pid}"
-            )));
-        }
+        self.check_new_port(id, label)?;
         let w = (0..self.workers.len())
             .min_by_key(|&w| self.workers[w].sockets)
             .unwrap_or(0);

@@ -123,19 +123,10 @@ impl CniService {
         let ifname = r.ifname.clone();
         let side = in_netns_file(ns, move || {
             let mut p = Rtnl::open()?;
-            let l = p
-                .link(&ifname)?
-                .ok_or_else(|| std::io::Error::other(format!("{ifname} vanished")))?;
-            netdev::set_tx_checksum(&ifname, false)?;
-            p.set_root_fifo(l.index)?;
-            p.add_address(l.index, ip, prefix)?;
-            p.set_up(l.index)?;
-            p.set_permanent_neighbour(l.index, gw, gw_mac)?;
-            p.set_default_route(gw, l.index)?;
-            let mac = l
-                .mac
-                .ok_or_else(|| std::io::Error::other(format!("{ifname} has no MAC")))?;
-            Ok(PodSide { mac })
+            set_up_pod_side(&mut p, &ifname, (ip, prefix), (gw, gw_mac), |p, index| {
+                netdev::set_tx_checksum(&ifname, false)?;
+                p.set_root_fifo(index)
+            })
         });
         let side = match side {
             Ok(s) => s,
@@ -144,26 +135,33 @@ impl CniService {
                 return Err(err(code::IO, "setting up the pod's interface", e));
             }
         };
-        match self.finish(
-            r,
-            rt,
-            (host_if, netns, false),
-            ip,
-            side.mac,
-            mtu,
-            true,
-            None,
-        ) {
-            Ok(o) => Ok(o),
-            Err(e) => {
+        let at = (host_if, netns, false);
+        self.finish_or_undo(r, rt, at, ip, side.mac, mtu, None, undo)
+    }
+
+    /// [`Self::finish`] for a new wiring; on failure detaches, runs `undo` (deletes what was
+    /// made) and forgets the wiring.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_or_undo(
+        &self,
+        r: &Req,
+        rt: &mut Rtnl,
+        at: (&str, &str, bool),
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        mtu: u32,
+        tap_fd: Option<OwnedFd>,
+        undo: impl FnOnce(&mut Rtnl),
+    ) -> Result<Outcome, CniError> {
+        let host_if = at.0;
+        self.finish(r, rt, at, ip, mac, mtu, true, tap_fd)
+            .inspect_err(|_| {
                 let _ = self.ask_loop(PodOp::Detach(host_if.to_string()));
                 undo(rt);
                 if let Ok(mut i) = self.ipam.lock() {
                     let _ = i.set_wiring(&r.container_id, &r.ifname, None);
                 }
-                Err(e)
-            }
-        }
+            })
     }
 
     /// Creates the pod's persistent tap in its namespace and sets it up (offloads kept: the
@@ -188,21 +186,10 @@ impl CniService {
                 return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
             }
             let fd = tap::open_persistent(&ifname, false)?;
-            let set_up = |p: &mut Rtnl| -> std::io::Result<PodSide> {
-                let l = p
-                    .link(&ifname)?
-                    .ok_or_else(|| std::io::Error::other(format!("{ifname} vanished")))?;
-                p.set_mtu(l.index, mtu)?;
-                p.add_address(l.index, ip, prefix)?;
-                p.set_up(l.index)?;
-                p.set_permanent_neighbour(l.index, gw, gw_mac)?;
-                p.set_default_route(gw, l.index)?;
-                let mac = l
-                    .mac
-                    .ok_or_else(|| std::io::Error::other(format!("{ifname} has no MAC")))?;
-                Ok(PodSide { mac })
-            };
-            match set_up(&mut p) {
+            let side = set_up_pod_side(&mut p, &ifname, (ip, prefix), (gw, gw_mac), |p, index| {
+                p.set_mtu(index, mtu)
+            });
+            match side {
                 Ok(side) => Ok((side, fd)),
                 Err(e) => {
                     drop(fd);
@@ -223,17 +210,9 @@ impl CniService {
             }
         })?;
         let at = (host_if, netns, true);
-        match self.finish(r, rt, at, ip, side.mac, mtu, true, Some(fd)) {
-            Ok(o) => Ok(o),
-            Err(e) => {
-                let _ = self.ask_loop(PodOp::Detach(host_if.to_string()));
-                let _ = delete_tap(std::path::Path::new(netns), &r.ifname);
-                if let Ok(mut i) = self.ipam.lock() {
-                    let _ = i.set_wiring(&r.container_id, &r.ifname, None);
-                }
-                Err(e)
-            }
-        }
+        self.finish_or_undo(r, rt, at, ip, side.mac, mtu, Some(fd), |_| {
+            let _ = delete_tap(std::path::Path::new(netns), &r.ifname);
+        })
     }
 
     /// Host end up (a veth), wiring persisted, attached and published. `(host_if, netns,
@@ -496,4 +475,28 @@ impl CniService {
         }
         Ok(())
     }
+}
+
+/// Inside the pod (the calling thread's namespace): `prepare` on link `ifname` (a veth's
+/// offload and queue, a tap's MTU), then its address, link up, the gateway's permanent
+/// neighbour entry and the default route via it.
+fn set_up_pod_side(
+    p: &mut Rtnl,
+    ifname: &str,
+    (ip, prefix): (Ipv4Addr, u8),
+    (gw, gw_mac): (Ipv4Addr, MacAddr),
+    prepare: impl FnOnce(&mut Rtnl, u32) -> std::io::Result<()>,
+) -> std::io::Result<PodSide> {
+    let l = p
+        .link(ifname)?
+        .ok_or_else(|| std::io::Error::other(format!("{ifname} vanished")))?;
+    prepare(p, l.index)?;
+    p.add_address(l.index, ip, prefix)?;
+    p.set_up(l.index)?;
+    p.set_permanent_neighbour(l.index, gw, gw_mac)?;
+    p.set_default_route(gw, l.index)?;
+    let mac = l
+        .mac
+        .ok_or_else(|| std::io::Error::other(format!("{ifname} has no MAC")))?;
+    Ok(PodSide { mac })
 }
