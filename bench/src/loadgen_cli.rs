@@ -313,6 +313,14 @@ pub struct CompareArgs {
     /// Seconds per TCP run (1..600).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=600))]
     tcp_seconds: Option<u32>,
+    /// Overload sweep: offered at these multiples of each cell's most delivered rate,
+    /// comma-separated (1.1..1000), or `none` [default: 2,5,10].
+    #[arg(long, value_name = "A,B,C|none")]
+    overload: Option<String>,
+    /// Latency curve: fixed-rate runs at these percentages of the kernel path's most
+    /// delivered rate, comma-separated (1..100) [default: 10,50,90]; 50 is always run.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=100))]
+    latency_points: Option<Vec<u8>>,
     /// Output directory (default target/compare).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -395,6 +403,24 @@ pub fn compare(a: CompareArgs) -> Result<()> {
                 })
                 .collect::<Result<_>>()?
         }
+    }
+    match a.overload.as_deref() {
+        None => {}
+        Some("none") => o.overload.clear(),
+        Some(v) => {
+            o.overload = v
+                .split(',')
+                .map(|x| {
+                    x.parse::<f64>()
+                        .ok()
+                        .filter(|k| (1.1..=1000.0).contains(k))
+                        .with_context(|| format!("--overload {x:?}: a multiple, 1.1..1000"))
+                })
+                .collect::<Result<_>>()?
+        }
+    }
+    if let Some(v) = a.latency_points {
+        o.latency_points = v.into_iter().map(|p| f64::from(p) / 100.0).collect();
     }
     if let Some(v) = a.variants {
         o.variants = v;

@@ -60,6 +60,8 @@ pub struct FileConfig {
     pub busy_poll: Option<bool>,
     /// SCHED_FIFO priority of the workers (1..99).
     pub worker_rt_priority: Option<u8>,
+    /// Admission control in the XDP program [default: true] (`--no-early-drop`).
+    pub early_drop: Option<bool>,
     /// `veth` or `tap`: what the CNI endpoint gives a new pod (`--pod-interface`).
     pub pod_interface: Option<crate::podnet::PodInterface>,
     /// Metrics and health address.

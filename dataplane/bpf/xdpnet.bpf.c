@@ -11,6 +11,10 @@
 //     node addresses, LoadBalancer and external IPs). Everything else is XDP_PASS, so the
 //     node's own traffic (SSH, kubelet, API server) works whether the daemon runs or not.
 // A redirect to an empty XSKMAP slot (daemon gone, socket closed) falls back to XDP_PASS.
+// Admission control: while the worker owning a slot is behind (it says so in `congested`,
+// which it writes through a shared mapping), frames for that slot are dropped here, before
+// the socket copies them into the UMEM, and counted (STAT_EARLY_DROP). Frames the uplink
+// passes to the kernel are never dropped for it.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -53,7 +57,8 @@ enum stat {
 	STAT_TO_SOCKET = 0,
 	STAT_PASS = 1,
 	STAT_UNKNOWN_PORT = 2,
-	STAT_MAX = 3,
+	STAT_EARLY_DROP = 3,
+	STAT_MAX = 4,
 };
 
 struct {
@@ -83,6 +88,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct vtep);
 } vteps SEC(".maps");
+
+// Per XSKMAP slot: nonzero while the socket's worker is behind (set and cleared by the worker
+// with hysteresis). 8-byte values: the array's layout in the shared mapping is one per 8 bytes.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} congested SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -144,8 +159,14 @@ int xdpnet_steer(struct xdp_md *ctx)
 		count(STAT_PASS);
 		return XDP_PASS;
 	}
+	__u32 slot = pv->slot;
+	__u64 *busy = bpf_map_lookup_elem(&congested, &slot);
+	if (busy && *busy) {
+		count(STAT_EARLY_DROP);
+		return XDP_DROP;
+	}
 	count(STAT_TO_SOCKET);
-	return bpf_redirect_map(&xsks, pv->slot, XDP_PASS);
+	return bpf_redirect_map(&xsks, slot, XDP_PASS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

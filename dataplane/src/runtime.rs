@@ -77,6 +77,10 @@ pub struct DataplaneConfig {
     /// of the UMEM (after the uplink's and host port's rings; the last quarter is for frames
     /// in flight), so the last pod attached is not starved of frames by the first ones.
     pub max_pods: usize,
+    /// Admission control: a worker whose socket's RX ring is more than three quarters full
+    /// tells the XDP program, which then drops that socket's frames before any copy (counted
+    /// as `steering.early_drop`) until the ring is down to a quarter.
+    pub early_drop: bool,
     /// I/O-only mode (benchmarks): forward by destination address without the pipeline
     /// ([`Pipeline::forward_io_only`]) and steer everything from the uplink to the dataplane.
     /// The node's own uplink traffic stops reaching its kernel: never for a real node.
@@ -119,6 +123,7 @@ impl Default for DataplaneConfig {
             conntrack_capacity: 262_144,
             handoff_depth: 1024,
             max_pods: 110,
+            early_drop: true,
             io_only: false,
         }
     }
@@ -220,6 +225,11 @@ impl Dataplane {
             return Err(DataplaneError::Invalid("no worker cores configured".into()));
         }
         let steering = Steering::load()?;
+        let congestion = if cfg.early_drop {
+            Some(steering.congestion()?)
+        } else {
+            None
+        };
         let n = cfg.cores.len();
         let mut wakers = Vec::with_capacity(n);
         for _ in 0..n {
@@ -240,6 +250,7 @@ impl Dataplane {
                 .collect(),
             wakers,
             sleeping: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            congestion,
             start: Instant::now(),
         });
         let mut dp = Self {
@@ -248,7 +259,7 @@ impl Dataplane {
             workers: Vec::new(),
             steering,
             ports: BTreeMap::new(),
-            free_slots: (0..4096u32).rev().collect(),
+            free_slots: (0..crate::steer::XSKMAP_SLOTS as u32).rev().collect(),
         };
         for (i, &core) in cfg.cores.iter().enumerate() {
             let umem = Umem::new(cfg.frames_per_worker, cfg.frame_size)?;

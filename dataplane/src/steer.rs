@@ -1,7 +1,7 @@
 //! The XDP steering program (`bpf/xdpnet.bpf.c`, compiled by the build script) and its maps.
 //!
 //! Owns: the loaded BPF object, one `bpf_link` per interface it is attached to, and the maps
-//! the program reads (`xsks`, `ports`, `steer`, `vteps`). Promises: links are detached when
+//! the program reads (`xsks`, `ports`, `steer`, `vteps`, `congested`). Promises: links are detached when
 //! this value drops, and the kernel detaches them when the process dies (links die with their
 //! last fd), so a crashed daemon leaves no program behind; an uplink frame the dataplane does
 //! not own (see [`Steering::sync_frontends`]) always gets XDP_PASS. Control-thread only.
@@ -13,6 +13,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdpnet.bpf.o"));
+
+/// Entries of the program's XSKMAP and of its per-slot congestion flags.
+pub const XSKMAP_SLOTS: usize = 4096;
 
 /// How the program treats frames of one (interface, queue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,7 @@ crate::counters::counter_set! {
         to_socket: Counter, "steering.to_socket", "xdpnet_steering_to_socket_total", "Uplink frames the XDP program redirected to the dataplane.";
         passed: Counter, "steering.passed", "xdpnet_steering_passed_total", "Uplink frames the XDP program passed to the kernel.";
         unknown_port: Counter, "steering.unknown_port", "xdpnet_steering_unknown_port_total", "Frames on an interface queue the dataplane has no socket for (passed to the kernel).";
+        early_drop: Counter, "steering.early_drop", "xdpnet_steering_early_drop_total", "Frames the XDP program dropped because the worker owning their socket was behind (admission control, before any copy into the UMEM).";
     }
 }
 
@@ -116,6 +120,7 @@ pub struct Steering {
     steer: MapHandle,
     vteps: MapHandle,
     stats: MapHandle,
+    congested: MapHandle,
     frontends: BTreeSet<Frontend>,
     // Last: the object outlives the map handles' use of its maps (they hold their own fds).
     obj: Object,
@@ -147,6 +152,7 @@ impl Steering {
             steer: map("steer")?,
             vteps: map("vteps")?,
             stats: map("stats")?,
+            congested: map("congested")?,
             frontends: BTreeSet::new(),
             obj,
         })
@@ -259,12 +265,29 @@ impl Steering {
         &self.frontends
     }
 
+    /// The program's congestion flags (one 8-byte word per XSKMAP slot, nonzero: drop frames
+    /// for that slot), mapped into this process for the workers to write.
+    pub fn congestion(&self) -> Result<crate::sys::SharedWords, SteerError> {
+        use std::os::fd::AsFd;
+        crate::sys::SharedWords::map(self.congested.as_fd(), XSKMAP_SLOTS).map_err(|e| {
+            SteerError::Bpf {
+                what: "mmap congested".into(),
+                source: libbpf_rs::Error::from(e),
+            }
+        })
+    }
+
     /// Program counters summed over CPUs, read now.
     pub fn counters(&self) -> SteeringCounters {
         let out = SteeringCounters::default();
-        for (i, o) in [&out.to_socket, &out.passed, &out.unknown_port]
-            .into_iter()
-            .enumerate()
+        for (i, o) in [
+            &out.to_socket,
+            &out.passed,
+            &out.unknown_port,
+            &out.early_drop,
+        ]
+        .into_iter()
+        .enumerate()
         {
             if let Ok(Some(per_cpu)) = self
                 .stats

@@ -8,7 +8,8 @@ use super::*;
 pub fn svg(result: &Value) -> String {
     let ceiling_pps = result["loadgen_ceiling"]["rx_pps"].as_f64().unwrap_or(0.0);
     // (variant, scenario, most delivered per second, p99 µs at the fixed rate)
-    let cells: Vec<(Variant, Scenario, f64, Option<f64>)> = result["results"]
+    type CellRow = (Variant, Scenario, f64, Option<f64>);
+    let cells: Vec<CellRow> = result["results"]
         .as_array()
         .into_iter()
         .flatten()
@@ -27,8 +28,39 @@ pub fn svg(result: &Value) -> String {
             ))
         })
         .collect();
+    // Second row: the overload sweep (delivered at the largest multiple offered, over the
+    // most delivered) and the latency curve's top point (p99 at the highest fraction).
+    let second = |key: &str, pick: &dyn Fn(&Value) -> Option<f64>| -> Vec<CellRow> {
+        result["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let v = Variant::ALL
+                    .into_iter()
+                    .find(|v| r["variant"].as_str() == Some(v.name()))?;
+                let sc = Scenario::ALL
+                    .into_iter()
+                    .find(|s| r["scenario"].as_str() == Some(s.name()))?;
+                let last = r[key].as_array()?.last()?;
+                Some((v, sc, pick(last)?, None))
+            })
+            .collect()
+    };
+    let overload = second("overload", &|o| o["of_most_delivered"].as_f64());
+    let curve_top = second("latency_curve", &|p| {
+        p["run"]["latency"]["p99_ns"].as_f64().map(|x| x / 1e3)
+    });
+    let top_fraction = result["options"]["latency_points"]
+        .as_array()
+        .and_then(|a| a.iter().filter_map(Value::as_f64).reduce(f64::max));
     const W: f64 = 1240.0;
-    const H: f64 = 420.0;
+    let rows = if overload.is_empty() && curve_top.is_empty() {
+        1.0
+    } else {
+        2.0
+    };
+    let height: f64 = 60.0 + 360.0 * rows;
     let colors = [
         (Variant::Kernel, "#9e9e9e"),
         (Variant::IoOnly, "#64b5f6"),
@@ -38,16 +70,17 @@ pub fn svg(result: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>"
     );
     // Panels: (title, x0, values per scenario and variant).
     let panel = |s: &mut String,
                  x0: f64,
+                 y0: f64,
                  title: &str,
                  groups: &[(String, Vec<(Variant, f64)>)],
                  unit: &str,
                  line: Option<(f64, &str)>| {
-        let (w, h, top) = (330.0, 280.0, 60.0);
+        let (w, h, top) = (330.0, 280.0, 60.0 + y0);
         let max = groups
             .iter()
             .flat_map(|g| g.1.iter().map(|x| x.1))
@@ -57,8 +90,9 @@ pub fn svg(result: &Value) -> String {
             * 1.1;
         let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"30\" font-size=\"14\" font-weight=\"bold\">{title}</text>",
-            x0
+            "<text x=\"{}\" y=\"{}\" font-size=\"14\" font-weight=\"bold\">{title}</text>",
+            x0,
+            30.0 + y0
         );
         let _ = writeln!(
             s,
@@ -129,8 +163,9 @@ pub fn svg(result: &Value) -> String {
         Scenario::NodePort => "NodePort",
         Scenario::ClusterIpTcp => "TCP hs",
     };
-    type CellRow = (Variant, Scenario, f64, Option<f64>);
-    let groups = |f: &dyn Fn(&CellRow) -> Option<f64>| -> Vec<(String, Vec<(Variant, f64)>)> {
+    let groups = |cells: &[CellRow],
+                  f: &dyn Fn(&CellRow) -> Option<f64>|
+     -> Vec<(String, Vec<(Variant, f64)>)> {
         Scenario::ALL
             .iter()
             .map(|&sc| {
@@ -151,19 +186,21 @@ pub fn svg(result: &Value) -> String {
             .filter(|g: &(String, Vec<(Variant, f64)>)| !g.1.is_empty())
             .collect()
     };
-    let rate = groups(&|c| Some(c.2 / 1e6));
+    let rate = groups(&cells, &|c| Some(c.2 / 1e6));
     panel(
         &mut s,
         60.0,
+        0.0,
         "Most delivered (TCP hs: M handshakes/s)",
         &rate,
         "Mpps",
         Some((ceiling_pps / 1e6, "loadgen ceiling")),
     );
-    let lat = groups(&|c| c.3);
+    let lat = groups(&cells, &|c| c.3);
     panel(
         &mut s,
         480.0,
+        0.0,
         "p99 latency at half the kernel rate",
         &lat,
         "us",
@@ -188,20 +225,41 @@ pub fn svg(result: &Value) -> String {
         panel(
             &mut s,
             890.0,
+            0.0,
             "ClusterIP, most delivered, by services",
             &sg,
             "Mpps",
             None,
         );
     }
+    if !overload.is_empty() {
+        let g = groups(&overload, &|c| Some(c.2));
+        panel(
+            &mut s,
+            60.0,
+            360.0,
+            "Overload: delivered at the largest multiple / most",
+            &g,
+            "ratio",
+            Some((0.9, "target 0.9")),
+        );
+    }
+    if !curve_top.is_empty() {
+        let g = groups(&curve_top, &|c| Some(c.2));
+        let title = format!(
+            "p99 latency at {:.0} % of the kernel rate",
+            top_fraction.unwrap_or(0.0) * 100.0
+        );
+        panel(&mut s, 480.0, 360.0, &title, &g, "us", None);
+    }
     for (i, (v, c)) in colors.iter().enumerate() {
         let x = 60.0 + i as f64 * 110.0;
         let _ = writeln!(
             s,
             "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            H - 40.0,
+            height - 40.0,
             x + 16.0,
-            H - 30.0,
+            height - 30.0,
             v.name()
         );
     }
@@ -256,5 +314,42 @@ mod tests {
         let h = |v: f64| format!("height=\"{:.1}\"", 280.0 * v / (0.8 * 1.1));
         assert!(s.contains(&h(0.2)) && s.contains(&h(0.1)), "{s}");
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    }
+
+    /// With an overload sweep and a latency curve the chart gets a second row: delivered at
+    /// the largest multiple over the most delivered, and p99 at the curve's top fraction.
+    #[test]
+    fn chart_has_a_second_row_for_overload_and_the_latency_curve() {
+        let r = json!({
+            "options": {"latency_points": [0.1, 0.5, 0.9]},
+            "loadgen_ceiling": {"rx_pps": 800_000.0},
+            "results": [
+                {"variant": "full", "scenario": "pod-pod-cross-node",
+                 "saturation": {"rx_pps": 200_000.0}, "latency": {"latency": {"p99_ns": 100_000}},
+                 "overload": [{"multiple": 2.0, "of_most_delivered": 0.95},
+                              {"multiple": 10.0, "of_most_delivered": 0.4}],
+                 "latency_curve": [
+                     {"fraction_of_kernel": 0.1, "run": {"latency": {"p99_ns": 20_000}}},
+                     {"fraction_of_kernel": 0.9, "run": {"latency": {"p99_ns": 300_000}}}]},
+            ],
+            "scale": [],
+        });
+        let s = svg(&r);
+        let titles: Vec<&str> = s
+            .split("<title>")
+            .skip(1)
+            .map(|t| t.split("</title>").next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            titles,
+            vec![
+                "full cross node: 0.200",
+                "full cross node: 100.000",
+                "full cross node: 0.400",
+                "full cross node: 300.000",
+            ]
+        );
+        assert!(s.contains("p99 latency at 90 % of the kernel rate"), "{s}");
+        assert!(s.contains("height=\"780\""), "{s}");
     }
 }

@@ -40,6 +40,8 @@ pub struct Measured {
     /// Drops counted on the way: xdpnetd's counters and every interface's in the lab (the
     /// sink's socket drops included: its interface counts them).
     pub path_drops: u64,
+    /// The same drops by the place that counted them (nonzero places only).
+    pub drop_places: Drops,
 }
 
 impl Measured {
@@ -61,53 +63,98 @@ impl Measured {
         self.outcome.report.sent.saturating_sub(self.delivered())
     }
 
-    pub(super) fn json(&self) -> Value {
+    /// The outcome's JSON with the CPU figures, the path's drops and where they were counted.
+    pub fn json(&self) -> Value {
         let mut v = self.outcome.json();
         v["cpu_dataplane_core"] = self.cpu_dp.into();
         v["cpu_generator_core"] = self.cpu_gen.into();
         v["path_drops"] = self.path_drops.into();
+        v["drop_places"] = serde_json::to_value(&self.drop_places).unwrap_or_default();
         v
     }
 }
 
-/// Drops xdpnetd counted: pipeline drops and I/O drops. Not its sockets' kernel drops (no
+/// Drops xdpnetd counted: pipeline drops, I/O drops and the XDP program's early drops. Not its sockets' kernel drops (no
 /// fill buffer, RX ring full): on veth the interface counts each of those too (a failed XDP
 /// redirect is an `rx_dropped` of the interface), and [`lab::link_drops`] reads those.
 pub fn xdpnet_drops(status: &Value) -> u64 {
-    let mut n = 0;
-    for w in status["workers"].as_array().into_iter().flatten() {
-        let u = |v: &Value| v.as_u64().unwrap_or(0);
-        n += w["pipeline"]["drops"]
-            .as_object()
-            .map_or(0, |m| m.values().map(u).sum());
-        n += u(&w["tx_ring_full"]) + u(&w["handoff_drop"]) + u(&w["no_socket"]);
-        n += u(&w["tap"]["drops"]);
+    xdpnet_drop_places(status, "").values().sum()
+}
+
+/// [`xdpnet_drops`] by place: `NODE/worker K/COUNTER`, nonzero ones only.
+pub fn xdpnet_drop_places(status: &Value, node: &str) -> Drops {
+    let mut m = Drops::new();
+    for (k, w) in status["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let mut add = |name: &str, v: &Value| {
+            let n = v.as_u64().unwrap_or(0);
+            if n > 0 {
+                *m.entry(format!("{node}/worker {k}/{name}")).or_default() += n;
+            }
+        };
+        for (reason, v) in w["pipeline"]["drops"].as_object().into_iter().flatten() {
+            add(&format!("pipeline {reason}"), v);
+        }
+        for c in ["tx_ring_full", "handoff_drop", "no_socket"] {
+            add(c, &w[c]);
+        }
+        add("tap drops", &w["tap"]["drops"]);
     }
-    n
+    // Admission control: the XDP program's drops for a worker that was behind.
+    let n = status["steering"]["early_drop"].as_u64().unwrap_or(0);
+    if n > 0 {
+        m.insert(format!("{node}/steering early_drop"), n);
+    }
+    m
+}
+
+/// Drop counts by the place that counted them.
+pub type Drops = std::collections::BTreeMap<String, u64>;
+
+/// What moved from `before` to `after`, nonzero places only.
+pub fn drops_between(before: &Drops, after: &Drops) -> Drops {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
 }
 
 impl Bed {
     /// Drops counted on the path now: xdpnetd's counters when it runs, plus every interface
     /// drop in the lab's namespaces (nodes, pods, underlay, client).
     pub fn path_drops(&self) -> Result<u64> {
-        let mut n = 0;
+        Ok(self.path_drop_places()?.values().sum())
+    }
+
+    /// [`Self::path_drops`] by place.
+    pub fn path_drop_places(&self) -> Result<Drops> {
+        let mut m = Drops::new();
         if matches!(
             self.variant,
             Some(Variant::Full | Variant::IoOnly | Variant::Tap)
         ) {
-            for i in 0..self.lab.nodes.len() {
-                n += self.lab.status(i).map_or(0, |s| xdpnet_drops(&s));
+            for (i, node) in self.lab.nodes.iter().enumerate() {
+                if let Some(s) = self.lab.status(i) {
+                    m.extend(xdpnet_drop_places(&s, &node.name));
+                }
             }
         }
-        for node in &self.lab.nodes {
-            n += lab::link_drops(&node.ns)?;
+        let spaces = self.lab.nodes.iter().map(|n| &n.ns);
+        let spaces = spaces.chain(self.lab.pods.iter().map(|p| &p.ns));
+        for ns in spaces.chain([&self.lab.underlay_ns, &self.lab.ext_ns]) {
+            m.extend(lab::link_drop_places(ns)?);
         }
-        for p in &self.lab.pods {
-            n += lab::link_drops(&p.ns)?;
-        }
-        n += lab::link_drops(&self.lab.underlay_ns)?;
-        n += lab::link_drops(&self.lab.ext_ns)?;
-        Ok(n)
+        Ok(m)
     }
 
     /// Runs `spec`, measuring both cores (and not the drop counters: quicker).
@@ -119,6 +166,7 @@ impl Bed {
             cpu_dp: busy(&c0, &c1, self.opts.dp_core),
             cpu_gen: busy(&c0, &c1, self.opts.gen_core),
             path_drops: 0,
+            drop_places: Drops::new(),
             outcome,
         })
     }
@@ -183,16 +231,18 @@ impl Bed {
             }
         };
         settle();
-        let d0 = self.path_drops()?;
+        let d0 = self.path_drop_places()?;
         let c0 = cpu_times();
         let outcome = loadgen::run(spec)?;
         let c1 = cpu_times();
         settle();
-        let d1 = self.path_drops()?;
+        let d1 = self.path_drop_places()?;
+        let drop_places = drops_between(&d0, &d1);
         Ok(Measured {
             cpu_dp: busy(&c0, &c1, self.opts.dp_core),
             cpu_gen: busy(&c0, &c1, self.opts.gen_core),
-            path_drops: d1.saturating_sub(d0),
+            path_drops: drop_places.values().sum(),
+            drop_places,
             outcome,
         })
     }

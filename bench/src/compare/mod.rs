@@ -46,9 +46,11 @@ pub use bed::Bed;
 pub use chart::svg;
 use kernel::bench_services;
 pub use kernel::kube_proxy_rules;
-pub use measure::{Measured, xdpnet_drops};
+pub use measure::{Drops, Measured, drops_between, xdpnet_drop_places, xdpnet_drops};
 use measure::{mpps, us};
-use report::{json_rate, ratios, scale_table, summary_table, tcp_table};
+use report::{
+    curve_table, json_rate, overload_table, ratios, scale_table, summary_table, tcp_table,
+};
 pub use tcp::{TcpPath, TcpRun, check_iperf3};
 
 /// How xdpnet and the kernel forward.
@@ -175,6 +177,12 @@ pub struct Options {
     pub tcp_streams: Vec<u32>,
     /// Seconds per TCP run.
     pub tcp_seconds: u32,
+    /// Overload sweep: offered at these multiples of each cell's most-delivered rate (as far
+    /// as the generator goes); empty for none.
+    pub overload: Vec<f64>,
+    /// Latency curve: fixed-rate runs at these fractions of the kernel path's most-delivered
+    /// rate of the scenario (of the variant's own when the kernel path is not run).
+    pub latency_points: Vec<f64>,
 }
 
 impl Default for Options {
@@ -197,6 +205,8 @@ impl Default for Options {
             tcp_paths: TcpPath::ALL.to_vec(),
             tcp_streams: vec![1, 4],
             tcp_seconds: 5,
+            overload: vec![2.0, 5.0, 10.0],
+            latency_points: vec![0.1, 0.5, 0.9],
         }
     }
 }
@@ -225,10 +235,14 @@ pub struct Cell {
     pub saturation: Measured,
     /// The rate search.
     pub search: Saturation,
-    /// At the fixed rate.
+    /// At the fixed rate (half the kernel path's most delivered: the point of the summary).
     pub latency: Option<Measured>,
     /// The fixed rate offered, packets/s.
     pub latency_rate: f64,
+    /// The latency curve: (fraction of the kernel path's most delivered, rate offered, run).
+    pub curve: Vec<(f64, f64, Measured)>,
+    /// The overload sweep: (multiple of this cell's most delivered, run).
+    pub overload: Vec<(f64, Measured)>,
 }
 
 /// One scale point.
@@ -308,14 +322,44 @@ pub fn run(opts: &Options) -> Result<Value> {
         for &s in &opts.scenarios {
             let search = bed.saturate(s)?;
             let sat = search.best.clone();
-            // Latency at half the kernel path's saturation (the same offered rate for every
-            // variant), or half this variant's when the kernel path is not run.
+            // Latency at fractions of the kernel path's saturation (the same offered rates
+            // for every variant), or of this variant's when the kernel path is not run; the
+            // summary's point is half of it.
             let base = cells
                 .iter()
                 .find(|c| c.variant == Variant::Kernel && c.scenario == s)
                 .map_or(sat.rate(), |c| c.saturation.rate());
-            let rate = (base / 2.0).max(1_000.0);
-            let lat = bed.measure(&bed.spec(s, Some(rate), opts.latency_seconds)?)?;
+            let mut points = opts.latency_points.clone();
+            if !points.iter().any(|f| (f - 0.5).abs() < 1e-9) {
+                points.push(0.5);
+            }
+            let mut curve = Vec::new();
+            for f in points {
+                let r = (base * f).max(1_000.0);
+                let m = bed.measure(&bed.spec(s, Some(r), opts.latency_seconds)?)?;
+                curve.push((f, r, m));
+            }
+            let (_, rate, lat) = curve
+                .iter()
+                .find(|(f, _, _)| (f - 0.5).abs() < 1e-9)
+                .cloned()
+                .context("latency point 0.5")?;
+            curve.retain(|(f, _, _)| opts.latency_points.iter().any(|p| (p - f).abs() < 1e-9));
+            // Overload: offered at multiples of the most delivered; what still gets through.
+            let mut overload = Vec::new();
+            for &k in &opts.overload {
+                let m = bed.measure(&bed.spec(s, Some(sat.rate() * k), opts.seconds)?)?;
+                println!(
+                    "  {:<8} {:<20} overload {:>4.1}x: offered {:>7.3} Mpps, delivered {:>7.3} Mpps = {:>5.2}x the most delivered",
+                    v.name(),
+                    s.name(),
+                    k,
+                    m.outcome.report.tx_pps() / 1e6,
+                    mpps(&m),
+                    m.rate() / sat.rate().max(1e-9)
+                );
+                overload.push((k, m));
+            }
             println!(
                 "  {:<8} {:<20} max delivered {:>7.3} Mpps (offered {:>7.3}; full speed {:>7.3} -> {:>7.3}; <=1% loss {:>7.3}; core {} busy {:>3.0}%)   at {:>7.3} Mpps: p50 {:>7.1} p99 {:>8.1} us, lost {}",
                 v.name(),
@@ -349,6 +393,8 @@ pub fn run(opts: &Options) -> Result<Value> {
                 search,
                 latency: Some(lat),
                 latency_rate: rate,
+                curve,
+                overload,
             });
         }
     }
@@ -400,13 +446,22 @@ pub fn run(opts: &Options) -> Result<Value> {
     if !scale.is_empty() {
         println!("{scale_table}");
     }
+    let curve_table = curve_table(&cells);
+    if cells.iter().any(|c| !c.curve.is_empty()) {
+        println!("{curve_table}");
+    }
+    let overload_table = overload_table(&cells);
+    if cells.iter().any(|c| !c.overload.is_empty()) {
+        println!("{overload_table}");
+    }
     let out = json!({
         "options": {
             "size": opts.size, "flows": opts.flows, "seconds": opts.seconds,
             "latency_seconds": opts.latency_seconds, "generator_core": opts.gen_core,
             "dataplane_core": opts.dp_core, "xdpnet_args": opts.xdpnet_args,
             "probes": opts.probes, "tcp_seconds": opts.tcp_seconds,
-            "tcp_streams": opts.tcp_streams,
+            "tcp_streams": opts.tcp_streams, "overload": opts.overload,
+            "latency_points": opts.latency_points,
         },
         "tcp": tcp_runs.iter().map(TcpRun::json).collect::<Vec<_>>(),
         "tcp_table": tcp_table,
@@ -418,6 +473,15 @@ pub fn run(opts: &Options) -> Result<Value> {
             "loss_1pct_rx_pps": c.search.pdr_pps.round(),
             "latency_rate_pps": c.latency_rate.round(),
             "latency": c.latency.as_ref().map(Measured::json),
+            "latency_curve": c.curve.iter().map(|(f, r, m)| json!({
+                "fraction_of_kernel": f, "offered_pps": r.round(), "run": m.json(),
+            })).collect::<Vec<_>>(),
+            "overload": c.overload.iter().map(|(k, m)| json!({
+                "multiple": k, "offered_pps": m.outcome.report.tx_pps().round(),
+                "delivered_pps": m.rate().round(),
+                "of_most_delivered": m.rate() / c.saturation.rate().max(1e-9),
+                "run": m.json(),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "ratios": ratios(&cells),
         "scale": scale.iter().map(|p| json!({
@@ -426,6 +490,8 @@ pub fn run(opts: &Options) -> Result<Value> {
         })).collect::<Vec<_>>(),
         "table": table,
         "scale_table": scale_table,
+        "latency_curve_table": curve_table,
+        "overload_table": overload_table,
     });
     let jp = opts.out.join("compare.json");
     std::fs::write(&jp, serde_json::to_string_pretty(&out)?)

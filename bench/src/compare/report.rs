@@ -180,3 +180,100 @@ pub(super) fn tcp_table(runs: &[TcpRun]) -> String {
     }
     t
 }
+
+/// The latency curve: per scenario and variant, p50 / p99 / p99.9 (us) and loss at each
+/// fraction of the kernel path's most delivered rate.
+pub(super) fn curve_table(cells: &[Cell]) -> String {
+    let mut fracs: Vec<f64> = cells
+        .iter()
+        .flat_map(|c| c.curve.iter().map(|(f, _, _)| *f))
+        .collect();
+    fracs.sort_by(f64::total_cmp);
+    fracs.dedup();
+    let mut t = String::new();
+    let head: Vec<String> = fracs
+        .iter()
+        .map(|f| format!("at {:.0} %: p50 / p99 / p99.9 us (lost)", f * 100.0))
+        .collect();
+    let _ = writeln!(t, "| scenario | variant | {} |", head.join(" | "));
+    let _ = writeln!(t, "| --- | --- |{}", " --- |".repeat(fracs.len()));
+    for c in cells.iter().filter(|c| !c.curve.is_empty()) {
+        let cols: Vec<String> = fracs
+            .iter()
+            .map(|f| {
+                c.curve
+                    .iter()
+                    .find(|(g, _, _)| g == f)
+                    .map_or("-".into(), |(_, r, m)| {
+                        let l = m.outcome.report.latency;
+                        format!(
+                            "{:.1} / {:.1} / {:.1} ({} of {:.0} k)",
+                            us(l.p50),
+                            us(l.p99),
+                            us(l.p999),
+                            m.lost(),
+                            r * m.outcome.report.seconds / 1e3
+                        )
+                    })
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} |",
+            c.scenario.name(),
+            c.variant.name(),
+            cols.join(" | ")
+        );
+    }
+    t
+}
+
+/// The overload sweep: per scenario and variant, what was offered at each multiple of the
+/// most delivered rate and what got through, as a ratio to the most delivered.
+pub(super) fn overload_table(cells: &[Cell]) -> String {
+    let mut ks: Vec<f64> = cells
+        .iter()
+        .flat_map(|c| c.overload.iter().map(|(k, _)| *k))
+        .collect();
+    ks.sort_by(f64::total_cmp);
+    ks.dedup();
+    let mut t = String::new();
+    let head: Vec<String> = ks
+        .iter()
+        .map(|k| format!("{k}x: offered -> delivered Mpps (of most)"))
+        .collect();
+    let _ = writeln!(
+        t,
+        "| scenario | variant | most delivered Mpps | {} |",
+        head.join(" | ")
+    );
+    let _ = writeln!(t, "| --- | --- | ---: |{}", " --- |".repeat(ks.len()));
+    for c in cells.iter().filter(|c| !c.overload.is_empty()) {
+        let best = c.saturation.rate();
+        let cols: Vec<String> = ks
+            .iter()
+            .map(|k| {
+                c.overload
+                    .iter()
+                    .find(|(j, _)| j == k)
+                    .map_or("-".into(), |(_, m)| {
+                        format!(
+                            "{:.3} -> {:.3} ({:.2}x)",
+                            m.outcome.report.tx_pps() / 1e6,
+                            m.rate() / 1e6,
+                            m.rate() / best.max(1e-9)
+                        )
+                    })
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.3} | {} |",
+            c.scenario.name(),
+            c.variant.name(),
+            best / 1e6,
+            cols.join(" | ")
+        );
+    }
+    t
+}

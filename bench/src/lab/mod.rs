@@ -37,8 +37,8 @@ mod traffic;
 
 use netns::ip;
 pub use netns::{
-    cleanup_on_signal, fifo_queue, in_ns, link_drops, namespaces, no_ipv6, permanent_neighbour,
-    register, run, run_stdin, teardown, tx_off, tx_on, unregister,
+    cleanup_on_signal, fifo_queue, in_ns, link_drop_places, link_drops, namespaces, no_ipv6,
+    permanent_neighbour, register, run, run_stdin, teardown, tx_off, tx_on, unregister,
 };
 pub use pcap::{Capture, parse_pcap};
 pub use traffic::{
@@ -151,7 +151,7 @@ impl LabSpec {
             daemon_args: Vec::new(),
             workers: 1,
             uplink_queues: 1,
-            frames: 4096,
+            frames: 8192,
             max_pods: 8,
             kube_api: false,
             taps: false,

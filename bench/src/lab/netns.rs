@@ -99,24 +99,35 @@ pub fn run_stdin(cmd: &str, args: &[&str], input: &str) -> Result<String> {
 /// shows them: a veth counts a frame its peer had no room for), and what their queueing
 /// disciplines dropped (`tc -s qdisc`: a queue that overflowed).
 pub fn link_drops(ns: &str) -> Result<u64> {
+    Ok(link_drop_places(ns)?.values().sum())
+}
+
+/// [`link_drops`] by place: `NS/IF rx`, `NS/IF tx` and `NS/IF qdisc KIND`, nonzero ones only.
+pub fn link_drop_places(ns: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut m = std::collections::BTreeMap::new();
     let out = run("ip", &["-n", ns, "-s", "-j", "link", "show"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("ip -s -j link")?;
-    let links: u64 = v.as_array().map_or(0, |links| {
-        links
-            .iter()
-            .map(|l| {
-                l["stats64"]["rx"]["dropped"].as_u64().unwrap_or(0)
-                    + l["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
-            })
-            .sum()
-    });
+    for l in v.as_array().into_iter().flatten() {
+        let name = l["ifname"].as_str().unwrap_or("?");
+        for dir in ["rx", "tx"] {
+            let n = l["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
+            if n > 0 {
+                *m.entry(format!("{ns}/{name} {dir}")).or_default() += n;
+            }
+        }
+    }
     // Frames a queueing discipline dropped never reached the interface's counters.
     let out = run("tc", &["-n", ns, "-s", "-j", "qdisc", "show"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("tc -s -j qdisc")?;
-    let queued: u64 = v.as_array().map_or(0, |q| {
-        q.iter().map(|q| q["drops"].as_u64().unwrap_or(0)).sum()
-    });
-    Ok(links + queued)
+    for q in v.as_array().into_iter().flatten() {
+        let n = q["drops"].as_u64().unwrap_or(0);
+        if n > 0 {
+            let dev = q["dev"].as_str().unwrap_or("?");
+            let kind = q["kind"].as_str().unwrap_or("?");
+            *m.entry(format!("{ns}/{dev} qdisc {kind}")).or_default() += n;
+        }
+    }
+    Ok(m)
 }
 
 /// Namespaces whose names start with `prefix-`.

@@ -59,6 +59,10 @@ struct Args {
     /// --busy-poll.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99), conflicts_with = "busy_poll")]
     worker_rt_priority: Option<u8>,
+    /// No admission control: never tell the XDP program to drop frames for a worker that is
+    /// behind (benchmarks compare with and without; see BENCHMARKS.md).
+    #[arg(long)]
+    no_early_drop: bool,
     /// What the CNI endpoint gives a new pod: `veth` (an AF_XDP socket on its host end) or
     /// `tap` (a persistent tap in the pod that keeps its offloads) [default: veth].
     #[arg(long)]
@@ -290,6 +294,7 @@ fn run(a: Args) -> anyhow::Result<()> {
             io_only: a.io_only,
             frames_per_worker: a.frames.or(file.frames).unwrap_or(16_384),
             max_pods: a.max_pods.or(file.max_pods).unwrap_or(110),
+            early_drop: !a.no_early_drop && file.early_drop.unwrap_or(true),
             ..DataplaneConfig::default()
         },
     };

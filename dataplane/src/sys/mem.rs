@@ -112,3 +112,65 @@ pub fn prefetch<T>(r: &T) {
         let _ = r;
     }
 }
+
+/// A shared read-write mapping of a BPF array map created with `BPF_F_MMAPABLE` whose values
+/// are 8 bytes (an array map's values are laid out every `round_up(value_size, 8)` bytes
+/// from offset 0): the program reads what user space stores, without a syscall. Entries are
+/// only touched through atomics (the program reads them concurrently).
+#[derive(Debug)]
+pub struct SharedWords {
+    ptr: NonNull<AtomicU64>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only reached through atomics.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Maps the `len` 8-byte values of the mmap-able array map `fd`.
+    pub fn map(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let page = 4096usize;
+        let bytes = (len.max(1) * 8).div_ceil(page) * page;
+        // SAFETY: a shared mapping of a file descriptor with no address hint has no
+        // preconditions; the kernel refuses (EINVAL/EPERM) a map that is not mmap-able or a
+        // length beyond its size, and the result is checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<AtomicU64>())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        Ok(Self { ptr, len, bytes })
+    }
+}
+
+impl std::ops::Deref for SharedWords {
+    type Target = [AtomicU64];
+    fn deref(&self) -> &[AtomicU64] {
+        // SAFETY: `ptr` is a live, page-aligned shared mapping of at least `len * 8` bytes
+        // (checked by the kernel at mmap), any bit pattern is a valid AtomicU64, and every
+        // access goes through atomics; it lives until `drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created by `map` with this address and length, and no
+        // reference into it outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}

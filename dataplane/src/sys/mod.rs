@@ -1,6 +1,7 @@
 //! The one place in the dataplane allowed to use `unsafe`, and only what needs it, by subject:
 //! the AF_XDP rings, sockets and UMEM ([`xsk`]), network-device ioctls ([`netdev`]),
-//! descriptor passing and the eventfd ([`fd`]), table memory and CPU prefetch hints
+//! descriptor passing and the eventfd ([`fd`]), table memory, the shared mapping of a BPF
+//! array and CPU prefetch hints
 //! ([`mem`]), a worker's scheduling class ([`sched`]). Every `unsafe` block says why it is
 //! sound (`// SAFETY:`), every `unsafe fn` has a `# Safety` section; the safe API each module exposes cannot be misused into undefined
 //! behaviour (ring accessors check their index bound). Nothing here decides policy: frame
@@ -15,4 +16,4 @@ pub mod sched;
 pub mod tap;
 pub mod xsk;
 
-pub use mem::{AtomicArray, MapError, prefetch};
+pub use mem::{AtomicArray, MapError, SharedWords, prefetch};

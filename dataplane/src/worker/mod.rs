@@ -61,6 +61,7 @@ crate::counters::counter_set! {
         tap_segments: Counter, "tap.segments", "xdpnet_worker_gso_segments_total", "Segments cut in software from large tap frames for ports that cannot carry them whole.";
         tap_drops: Counter, "tap.drops", "xdpnet_worker_tap_drops_total", "Frames to or from tap ports dropped: device queue full or gone, a large frame that cannot be cut, or no free frame to cut it into.";
         gro_merged: Counter, "tap.gro_segments", "xdpnet_worker_gro_segments_total", "Segments merged with the one before them on their way to a tap (GRO in user space: one write for many).";
+        congested: Counter, "congested", "xdpnet_worker_congested_total", "Times a socket's RX ring ran three quarters full and the XDP program was told to drop its frames until it is down to a quarter (admission control; the drops are steering.early_drop).";
         frames_total: Gauge, "frames.total", "xdpnet_worker_frames", "Frames of a worker's UMEM.";
         frames_free: Gauge, "frames.free", "xdpnet_worker_frames_free", "Frames free in a worker.";
         frames_fill: Gauge, "frames.fill", "xdpnet_worker_frames_fill", "Frames in fill rings and RX paths.";
@@ -78,6 +79,8 @@ pub(crate) struct WorkerShared {
     pub handoff: Vec<Arc<HandoffQueues>>,
     pub wakers: Vec<Notifier>,
     pub sleeping: Vec<AtomicBool>,
+    /// The XDP program's per-slot congestion flags (admission control), when on.
+    pub congestion: Option<crate::sys::SharedWords>,
     pub start: Instant,
 }
 
@@ -160,6 +163,10 @@ struct Sock {
     fill_out: u32,
     tx_out: u32,
     tx_pending: u32,
+    /// RX ring size.
+    rx_size: u32,
+    /// Admission control: the XDP program drops this socket's frames (see `receive`).
+    congested: bool,
 }
 
 /// One worker's state (lives on its thread).
@@ -306,6 +313,18 @@ impl Worker {
         self.gauges();
     }
 
+    /// Tells the XDP program whether to drop frames for XSKMAP `slot` (admission control).
+    fn set_congested(&self, slot: u32, on: bool) {
+        if let Some(w) = self
+            .shared
+            .congestion
+            .as_ref()
+            .and_then(|c| c.get(slot as usize))
+        {
+            w.store(u64::from(on), Ordering::Relaxed);
+        }
+    }
+
     /// Once a stats period: a socket that received less than a quarter of its fill target
     /// goes back towards its base (frames already in its ring stay until used).
     fn shrink_fill_targets(&mut self) {
@@ -404,10 +423,43 @@ impl Worker {
         let Some(sock) = self.socks[s].as_mut() else {
             return 0;
         };
-        let avail = sock.xsk.rx.available().min(MAX_BATCH as u32);
+        let ready = sock.xsk.rx.available();
+        let avail = ready.min(MAX_BATCH as u32);
+        // Admission control with hysteresis. The frames a socket can hold are its fill
+        // target (or its RX ring, when smaller). When three quarters of them wait in the RX
+        // ring the worker is behind: a burst if the fill target can still grow (it doubles,
+        // drawing on free frames above the reserve), an overload if not: then the XDP
+        // program drops this socket's frames (before the kernel touches the socket's rings)
+        // until a quarter wait, which still keeps the worker busy while the fill ring fills
+        // up again.
+        let left = ready - avail;
+        let holds = sock.rx_size.min(sock.fill_target);
+        let flip = if sock.congested {
+            left <= holds / 4
+        } else if left >= holds / 4 * 3 {
+            if sock.fill_target < sock.fill_cap && self.free.len() > self.reserve {
+                sock.fill_target = (sock.fill_target * 2).min(sock.fill_cap);
+                false
+            } else {
+                true
+            }
+        } else {
+            false
+        };
+        if flip {
+            sock.congested = !sock.congested;
+            let (slot, on) = (sock.slot, sock.congested);
+            self.set_congested(slot, on);
+            if on {
+                self.io.congested.inc();
+            }
+        }
         if avail == 0 {
             return 0;
         }
+        let Some(sock) = self.socks[s].as_mut() else {
+            return 0;
+        };
         let rx_port = sock.port;
         let mut n = 0usize;
         for i in 0..avail {
@@ -666,7 +718,10 @@ impl Worker {
             fill_out: 0,
             tx_out: 0,
             tx_pending: 0,
+            rx_size: rings.rx,
+            congested: false,
         });
+        self.set_congested(slot, false);
         if self.local_tx[port as usize] == NONE {
             self.local_tx[port as usize] = s as u32;
         }
@@ -689,6 +744,7 @@ impl Worker {
             return;
         };
         let port = sock.port;
+        self.set_congested(slot, false);
         drop(sock); // closes the socket: the kernel lets go of every frame it held for it
         let tag_fill = s as u32;
         let tag_tx = s as u32 | TX_BIT;
