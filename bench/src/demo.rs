@@ -5,6 +5,7 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use xdpnet_bench::compare::{self, Bed, TcpPath, TcpRun, Variant};
 use xdpnet_bench::lab::{self, Lab, LabSpec, POD_PORT};
 
 const DEFAULT_PREFIX: &str = "xnlab";
@@ -169,8 +170,6 @@ pub fn demo(o: LabOpts) -> Result<()> {
         t.elapsed()
     );
     lab.serve_all()?;
-    let node_ns = lab.nodes[0].ns.clone();
-    lab.serve(&node_ns, "node-1 (kernel)", 2222)?;
     let ext_ns = lab.ext_ns.clone();
     lab.serve(&ext_ns, "outside", 8080)?;
     let r = demo_traffic(&lab, &stop);
@@ -186,7 +185,93 @@ pub fn demo(o: LabOpts) -> Result<()> {
     if !ok {
         bail!("demo failed");
     }
+    tcp_against_the_kernel_path(&o.prefix, &stop)?;
+    let left = lab::namespaces(&o.prefix);
+    if !left.is_empty() {
+        bail!("namespaces left behind: {left:?}");
+    }
     println!("done: nothing left behind");
+    Ok(())
+}
+
+/// TCP bulk with the tool every CNI benchmark uses (iperf3, 1 stream, 3 s), through xdpnet
+/// (veth pods and tap pods) and through the kernel path a Flannel VXLAN + kube-proxy iptables
+/// node has, built in this run on a second lab (`compare`'s bed): the same pods, the same
+/// cores (client and server on core 0, forwarding on core 1).
+fn tcp_against_the_kernel_path(prefix: &str, stop: &AtomicBool) -> Result<()> {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if ncpu < 2 {
+        println!(
+            "
+(TCP against the kernel path skipped: it needs two cores)"
+        );
+        return Ok(());
+    }
+    if let Err(e) = compare::check_iperf3() {
+        println!(
+            "
+(TCP against the kernel path skipped: {e:#})"
+        );
+        return Ok(());
+    }
+    println!(
+        "
+TCP bulk, iperf3 (1 stream, 3 s; client and server on core 0, forwarding on core 1) on a second lab,
+against the kernel path (Flannel VXLAN + kube-proxy iptables, the pods' offloads as a distro leaves them) built in this run:"
+    );
+    let opts = compare::Options {
+        prefix: format!("{prefix}-k"),
+        scale: vec![],
+        gen_core: 0,
+        dp_core: 1,
+        ..compare::Options::default()
+    };
+    let mut bed = Bed::up(&opts)?;
+    let mut runs: Vec<TcpRun> = Vec::new();
+    for v in [Variant::Kernel, Variant::Full, Variant::Tap] {
+        bed.use_variant(v)?;
+        for p in TcpPath::ALL {
+            check(stop)?;
+            runs.push(bed.iperf(p, 1, 3)?);
+        }
+    }
+    drop(bed);
+    let find = |v: Variant, p: TcpPath| runs.iter().find(|r| r.variant == v && r.path == p);
+    let cell = |r: Option<&TcpRun>| {
+        r.map_or("-".to_string(), |r| {
+            format!(
+                "{:>6.2} Gbit/s ({:.2} % retr.)",
+                r.bits_per_second / 1e9,
+                r.retransmit_ratio() * 100.0
+            )
+        })
+    };
+    println!(
+        "  {:<24} {:<28} {:<28} {:<28} veth / kernel, tap / kernel",
+        "path", "kernel", "xdpnet, veth pods", "xdpnet, tap pods"
+    );
+    for p in TcpPath::ALL {
+        let (k, f, t) = (
+            find(Variant::Kernel, p),
+            find(Variant::Full, p),
+            find(Variant::Tap, p),
+        );
+        let ratio = |x: Option<&TcpRun>| match (x, k) {
+            (Some(x), Some(k)) if k.bits_per_second > 0.0 => {
+                format!("x{:.2}", x.bits_per_second / k.bits_per_second)
+            }
+            _ => "-".into(),
+        };
+        println!(
+            "  {:<24} {:<28} {:<28} {:<28} {}, {}",
+            p.name(),
+            cell(k),
+            cell(f),
+            cell(t),
+            ratio(f),
+            ratio(t)
+        );
+    }
     Ok(())
 }
 
@@ -203,26 +288,16 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
     let other = lab.pods.iter().find(|p| p.node != a.node);
     let mb = 8 << 20;
     println!(
-        "\ntraffic (each TCP line: {} MiB sent and echoed back, every byte checked)",
+        "\ntraffic (each TCP line: {} MiB sent and echoed back, every byte checked; the rates against the kernel path are measured with iperf3 below)",
         mb >> 20
-    );
-    // The same transfer on the kernel path over the same underlay: the client to the node's own
-    // address (not steered: XDP_PASS to the node's kernel). The baseline of this run.
-    let base = lab::tcp_exchange(&lab.ext_ns, SocketAddrV4::new(lab.nodes[0].ip, 2222), mb)?;
-    let base_rate = rate(&base);
-    println!(
-        "  ok  baseline: client -> node-1's own address, kernel only (XDP_PASS): TCP {base_rate:.0} Mbit/s"
     );
     if let Some(b) = same {
         check(stop)?;
         lab::ping(&a.ns, b.ip, 3)?;
         let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), mb)?;
         println!(
-            "  ok  pod->pod same node   {} -> {}: ping, TCP {:.0} Mbit/s (x{:.2} baseline)",
-            a.name,
-            b.name,
-            rate(&x),
-            rate(&x) / base_rate
+            "  ok  pod->pod same node   {} -> {}: ping, TCP echo ({} bytes)",
+            a.name, b.name, x.bytes
         );
     }
     if let Some(b) = other {
@@ -230,11 +305,8 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         lab::ping(&a.ns, b.ip, 3)?;
         let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), mb)?;
         println!(
-            "  ok  pod->pod cross node  {} -> {} (VXLAN): ping, TCP {:.0} Mbit/s (x{:.2} baseline)",
-            a.name,
-            b.name,
-            rate(&x),
-            rate(&x) / base_rate
+            "  ok  pod->pod cross node  {} -> {} (VXLAN): ping, TCP echo ({} bytes)",
+            a.name, b.name, x.bytes
         );
     }
     check(stop)?;
@@ -255,10 +327,8 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
     let to = SocketAddrV4::new(node.ip, np.node_port.unwrap_or(30080));
     let x = lab::tcp_exchange(&lab.ext_ns, to, mb)?;
     println!(
-        "  ok  NodePort {to} from a client off the cluster -> {}: TCP {:.0} Mbit/s (x{:.2} baseline)",
-        x.server,
-        rate(&x),
-        rate(&x) / base_rate
+        "  ok  NodePort {to} from a client off the cluster -> {}: TCP echo ({} bytes)",
+        x.server, x.bytes
     );
     check(stop)?;
     let udp = &lab.services[2];
@@ -330,8 +400,4 @@ fn demo_traffic(lab: &Lab, stop: &AtomicBool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn rate(x: &lab::Exchange) -> f64 {
-    (2 * x.bytes) as f64 * 8.0 / x.elapsed.as_secs_f64() / 1e6
 }

@@ -321,6 +321,11 @@ pub struct CompareArgs {
     /// delivered rate, comma-separated (1..100) [default: 10,50,90]; 50 is always run.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=100))]
     latency_points: Option<Vec<u8>>,
+    /// Table churn: endpoint changes a second (1..100000) pushed through the lab's API server
+    /// double during a cross-node run of the full variant at its most delivered rate, against
+    /// the same run without; the daemons then watch the double for every run [default: none].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    churn: Option<u32>,
     /// Output directory (default target/compare).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -418,6 +423,9 @@ pub fn compare(a: CompareArgs) -> Result<()> {
                 })
                 .collect::<Result<_>>()?
         }
+    }
+    if let Some(v) = a.churn {
+        o.churn = v;
     }
     if let Some(v) = a.latency_points {
         o.latency_points = v.into_iter().map(|p| f64::from(p) / 100.0).collect();

@@ -20,6 +20,7 @@ impl Bed {
     pub fn up(opts: &Options) -> Result<Bed> {
         let mut spec = LabSpec::new(&opts.prefix, 2, 2);
         spec.workers = 1;
+        spec.kube_api = opts.churn > 0;
         let mut lab = Lab::up(&spec)?;
         for n in 0..lab.nodes.len() {
             lab.stop_daemon(n, nix::sys::signal::Signal::SIGTERM)?;

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 mod bed;
 mod chart;
+mod churn;
 mod kernel;
 mod measure;
 mod report;
@@ -44,6 +45,7 @@ mod tcp;
 
 pub use bed::Bed;
 pub use chart::svg;
+pub use churn::ChurnRun;
 use kernel::bench_services;
 pub use kernel::kube_proxy_rules;
 pub use measure::{Drops, Measured, drops_between, xdpnet_drop_places, xdpnet_drops};
@@ -183,6 +185,10 @@ pub struct Options {
     /// Latency curve: fixed-rate runs at these fractions of the kernel path's most-delivered
     /// rate of the scenario (of the variant's own when the kernel path is not run).
     pub latency_points: Vec<f64>,
+    /// Table churn: endpoint changes a second during a cross-node run of the full variant at
+    /// its most delivered rate (0: none). The daemons then watch the lab's API server double
+    /// instead of reading the state file, for every run.
+    pub churn: u32,
 }
 
 impl Default for Options {
@@ -207,6 +213,7 @@ impl Default for Options {
             tcp_seconds: 5,
             overload: vec![2.0, 5.0, 10.0],
             latency_points: vec![0.1, 0.5, 0.9],
+            churn: 0,
         }
     }
 }
@@ -398,6 +405,33 @@ pub fn run(opts: &Options) -> Result<Value> {
             });
         }
     }
+    let mut churn: Option<ChurnRun> = None;
+    if opts.churn > 0 && opts.variants.contains(&Variant::Full) {
+        bed.use_variant(Variant::Full)?;
+        let offered = match cells
+            .iter()
+            .find(|c| c.variant == Variant::Full && c.scenario == Scenario::CrossNode)
+        {
+            Some(c) => c.saturation.rate(),
+            None => bed.saturate(Scenario::CrossNode)?.best.rate(),
+        };
+        let c = bed.churn(offered, opts.churn)?;
+        println!(
+            "table churn (full, pod-pod-cross-node at {:.3} Mpps): {} endpoint changes in {:.1} s -> {} tables published by the two daemons ({:.0}/s); delivered {:.3} Mpps against {:.3} / {:.3} without ({:.3}x); every frame accounted for: {} (drops {:?})",
+            offered / 1e6,
+            c.changes,
+            c.seconds,
+            c.publishes,
+            c.publishes as f64 / c.seconds.max(1e-9),
+            mpps(&c.during),
+            mpps(&c.before),
+            mpps(&c.after),
+            c.ratio(),
+            c.balanced(),
+            c.during.drop_places
+        );
+        churn = Some(c);
+    }
     let mut scale: Vec<ScalePoint> = Vec::new();
     if !opts.scale.is_empty() {
         println!("scale runs (pod -> ClusterIP, backend on the other node):");
@@ -461,7 +495,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "dataplane_core": opts.dp_core, "xdpnet_args": opts.xdpnet_args,
             "probes": opts.probes, "tcp_seconds": opts.tcp_seconds,
             "tcp_streams": opts.tcp_streams, "overload": opts.overload,
-            "latency_points": opts.latency_points,
+            "latency_points": opts.latency_points, "churn": opts.churn,
         },
         "tcp": tcp_runs.iter().map(TcpRun::json).collect::<Vec<_>>(),
         "tcp_table": tcp_table,
@@ -491,6 +525,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         "table": table,
         "scale_table": scale_table,
         "latency_curve_table": curve_table,
+        "churn": churn.as_ref().map(ChurnRun::json),
         "overload_table": overload_table,
     });
     let jp = opts.out.join("compare.json");
