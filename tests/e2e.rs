@@ -102,6 +102,24 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
         for n in 0..2 {
             frames_accounted(&status(lab, n));
         }
+        // Each daemon's worker runs on its core alone: the control thread and every thread it
+        // started (endpoints, CNI) are on the other cores (this machine has two).
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+            for n in 0..2 {
+                let pid = status(lab, n)["pid"].as_u64().context("pid")?;
+                let core = lab.nodes[n].core.to_string();
+                for (comm, cpus) in thread_cores(pid)? {
+                    if comm.starts_with("xdpnet-w") {
+                        assert_eq!(cpus, core, "worker {comm} of node {n}");
+                    } else {
+                        assert!(
+                            !cpu_list(&cpus).contains(&lab.nodes[n].core),
+                            "node {n}: thread {comm} may run on cores {cpus}, the worker's is {core}"
+                        );
+                    }
+                }
+            }
+        }
 
         // SIGTERM: the daemon exits and takes its programs with it.
         let n2ns = lab.nodes[1].ns.clone();
@@ -115,6 +133,37 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
         }
         Ok(())
     });
+}
+
+/// The cores of a kernel CPU list ("0,2-3").
+fn cpu_list(s: &str) -> Vec<usize> {
+    s.split(',')
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?..=b.parse().ok()?).collect::<Vec<usize>>()),
+            None => r.parse().ok().map(|c| vec![c]),
+        })
+        .flatten()
+        .collect()
+}
+
+/// (thread name, `Cpus_allowed_list`) of every thread of process `pid`.
+fn thread_cores(pid: u64) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = t?.path();
+        let comm = std::fs::read_to_string(dir.join("comm"))?
+            .trim()
+            .to_string();
+        let status = std::fs::read_to_string(dir.join("status"))?;
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .context("Cpus_allowed_list")?
+            .trim()
+            .to_string();
+        out.push((comm, cpus));
+    }
+    Ok(out)
 }
 
 fn spread(ns: &str, to: SocketAddrV4, n: usize) -> Result<BTreeMap<String, usize>> {

@@ -106,6 +106,12 @@ impl Bed {
         let t0 = Instant::now();
         let during = std::thread::scope(|sc| {
             sc.spawn(|| {
+                // The churn stands for the API server: on the generator's core, not the
+                // dataplane's.
+                let mut set = nix::sched::CpuSet::new();
+                if set.set(self.opts.gen_core).is_ok() {
+                    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+                }
                 let tick = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
                 let mut next = Instant::now();
                 let mut two = false;

@@ -142,6 +142,13 @@ pub fn run(
     stop: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    if let Some(cores) = startup::keep_off_worker_cores(&cfg.dataplane.cores) {
+        log!(
+            cfg.node_name,
+            "control threads on cores {cores:?}, workers on {:?}",
+            cfg.dataplane.cores
+        );
+    }
     let view = Arc::new(LoopView::default());
     let _endpoints = startup::serve_endpoints(&cfg, &view)?;
     let local = startup::local_config(&cfg)?;

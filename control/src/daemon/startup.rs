@@ -14,6 +14,29 @@ use xdpnet_dataplane::overlay::MTU_OVERHEAD;
 use xdpnet_dataplane::runtime::PortRole;
 use xdpnet_dataplane::sys::netdev;
 
+/// Puts the calling (control) thread, and so every thread it starts afterwards (endpoints,
+/// watches, CNI), on the cores this process may use that no worker is pinned to, when there
+/// are any: a table build or a watch decode then never takes a worker's core. Workers pin
+/// themselves to their own cores. With no core to spare nothing changes. Returns the cores
+/// chosen.
+pub(super) fn keep_off_worker_cores(workers: &[usize]) -> Option<Vec<usize>> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let me = nix::unistd::Pid::from_raw(0);
+    let allowed = sched_getaffinity(me).ok()?;
+    let rest: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false) && !workers.contains(&c))
+        .collect();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut set = CpuSet::new();
+    for &c in &rest {
+        set.set(c).ok()?;
+    }
+    sched_setaffinity(me, &set).ok()?;
+    Some(rest)
+}
+
 /// The smallest IPv4 MTU a pod may have (RFC 791).
 const MIN_POD_MTU: u16 = 576;
 
