@@ -141,27 +141,55 @@ fn every_frame_is_received_or_counted() {
         // back): every SYN answered, acknowledged and reset, at a rate well below capacity.
         // The full-speed runs above leave up to ~0.6 s of backlog in the rings (their latency
         // maximum): let it drain first, or the first SYNs meet full rings.
+        // As at 20 kpps, a host stall longer than a fill ring lasts can cost a run frames:
+        // such a run must have counted what it lost, and one of three must be complete.
         std::thread::sleep(std::time::Duration::from_secs(2));
-        let m = bed.measure(&bed.spec(Scenario::ClusterIpTcp, Some(5_000.0), 1.0)?)?;
-        let r = &m.outcome.report;
-        let h = m
-            .outcome
-            .handshakes
-            .ok_or_else(|| anyhow::anyhow!("no handshake report"))?;
-        eprintln!("handshakes: {}", m.outcome.json());
-        ensure!(
-            r.sent >= 4_750,
-            "offered 5,000 SYNs in 1 s, sent {}",
-            r.sent
-        );
-        ensure!(
-            r.received == r.sent
+        let mut tries = Vec::new();
+        let h = loop {
+            let m = bed.measure(&bed.spec(Scenario::ClusterIpTcp, Some(5_000.0), 1.0)?)?;
+            let r = &m.outcome.report;
+            let h = m
+                .outcome
+                .handshakes
+                .ok_or_else(|| anyhow::anyhow!("no handshake report"))?;
+            eprintln!("handshakes: {}", m.json());
+            ensure!(
+                r.sent >= 4_750,
+                "offered 5,000 SYNs in 1 s, sent {}",
+                r.sent
+            );
+            if r.received == r.sent
                 && h.syn_acks == r.sent
                 && h.established == r.sent
-                && h.resets == r.sent,
-            "handshakes: {}",
-            m.json()
-        );
+                && h.resets == r.sent
+            {
+                break h;
+            }
+            // Every SYN, SYN-ACK, ACK or RST missing was dropped where a counter saw it.
+            let missing = (r.sent - r.received.min(r.sent))
+                + (r.received - h.syn_acks.min(r.received))
+                + (h.syn_acks - h.established.min(h.syn_acks))
+                + (h.established - h.resets.min(h.established));
+            ensure!(
+                m.path_drops >= missing,
+                "handshakes: {missing} frames missing, {} counted: {}",
+                m.path_drops,
+                m.json()
+            );
+            tries.push(format!(
+                "{missing} missing, drops {:?}, latency max {} us",
+                m.drop_places,
+                r.latency.max / 1000
+            ));
+            ensure!(
+                tries.len() < 3,
+                "handshakes incomplete in every run: {tries:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        };
+        if !tries.is_empty() {
+            eprintln!("handshakes: runs with losses before a complete one: {tries:?}");
+        }
         ensure!(
             h.latency.p50 > 0 && h.latency.p50 <= h.latency.max,
             "handshake latency {:?}",
