@@ -71,12 +71,12 @@ fn every_frame_is_received_or_counted() {
                 r.received
             );
             ensure!(
-                r.sent == r.received + m.path_drops,
+                r.sent == r.received + m.path_drops(),
                 "{}: sent {} != received {} + path drops {} ({:?}, sink socket drops {})",
                 s.name(),
                 r.sent,
                 r.received,
-                m.path_drops,
+                m.path_drops(),
                 m.drop_places,
                 m.outcome.sink_drops()
             );
@@ -105,19 +105,19 @@ fn every_frame_is_received_or_counted() {
                 r.sent
             );
             ensure!(
-                r.sent == r.received + m.path_drops,
+                r.sent == r.received + m.path_drops(),
                 "at 20 kpps: sent {} != received {} + path drops {} ({:?})",
                 r.sent,
                 r.received,
-                m.path_drops,
+                m.path_drops(),
                 m.drop_places
             );
-            if m.path_drops == 0 {
+            if m.path_drops() == 0 {
                 break m;
             }
             tries.push(format!(
                 "lost {} at {:?}, latency max {} us",
-                m.path_drops,
+                m.path_drops(),
                 m.drop_places,
                 r.latency.max / 1000
             ));
@@ -171,9 +171,9 @@ fn every_frame_is_received_or_counted() {
                 + (h.syn_acks - h.established.min(h.syn_acks))
                 + (h.established - h.resets.min(h.established));
             ensure!(
-                m.path_drops >= missing,
+                m.path_drops() >= missing,
                 "handshakes: {missing} frames missing, {} counted: {}",
-                m.path_drops,
+                m.path_drops(),
                 m.json()
             );
             tries.push(format!(

@@ -362,6 +362,29 @@ fn scenario(s: &str) -> Result<Scenario, String> {
         .ok_or_else(|| format!("scenario {s:?}"))
 }
 
+/// A comma-separated list of values `ok` accepts, or `none` (empty); `None` when not given.
+fn list_or_none<T: std::str::FromStr>(
+    v: Option<&str>,
+    flag: &str,
+    what: &str,
+    ok: impl Fn(&T) -> bool,
+) -> Result<Option<Vec<T>>> {
+    match v {
+        None => Ok(None),
+        Some("none") => Ok(Some(Vec::new())),
+        Some(v) => v
+            .split(',')
+            .map(|x| {
+                x.parse::<T>()
+                    .ok()
+                    .filter(&ok)
+                    .with_context(|| format!("{flag} {x:?}: {what}"))
+            })
+            .collect::<Result<_>>()
+            .map(Some),
+    }
+}
+
 pub fn compare(a: CompareArgs) -> Result<()> {
     lab::cleanup_on_signal()?;
     if let Some(p) = &a.plot {
@@ -394,35 +417,18 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     if let Some(v) = a.flows {
         o.flows = v;
     }
-    match a.scale.as_deref() {
-        None => {}
-        Some("none") => o.scale.clear(),
-        Some(v) => {
-            o.scale = v
-                .split(',')
-                .map(|x| {
-                    x.parse::<usize>()
-                        .ok()
-                        .filter(|n| (2..=60_000).contains(n))
-                        .with_context(|| format!("--scale {x:?}: 2..60000 services"))
-                })
-                .collect::<Result<_>>()?
-        }
+    if let Some(v) = list_or_none(a.scale.as_deref(), "--scale", "2..60000 services", |n| {
+        (2..=60_000).contains(n)
+    })? {
+        o.scale = v;
     }
-    match a.overload.as_deref() {
-        None => {}
-        Some("none") => o.overload.clear(),
-        Some(v) => {
-            o.overload = v
-                .split(',')
-                .map(|x| {
-                    x.parse::<f64>()
-                        .ok()
-                        .filter(|k| (1.1..=1000.0).contains(k))
-                        .with_context(|| format!("--overload {x:?}: a multiple, 1.1..1000"))
-                })
-                .collect::<Result<_>>()?
-        }
+    if let Some(v) = list_or_none(
+        a.overload.as_deref(),
+        "--overload",
+        "a multiple, 1.1..1000",
+        |k| (1.1..=1000.0).contains(k),
+    )? {
+        o.overload = v;
     }
     if let Some(v) = a.churn {
         o.churn = v;

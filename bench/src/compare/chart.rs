@@ -9,28 +9,9 @@ pub fn svg(result: &Value) -> String {
     let ceiling_pps = result["loadgen_ceiling"]["rx_pps"].as_f64().unwrap_or(0.0);
     // (variant, scenario, most delivered per second, p99 µs at the fixed rate)
     type CellRow = (Variant, Scenario, f64, Option<f64>);
-    let cells: Vec<CellRow> = result["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| {
-            let v = Variant::ALL
-                .into_iter()
-                .find(|v| r["variant"].as_str() == Some(v.name()))?;
-            let sc = Scenario::ALL
-                .into_iter()
-                .find(|s| r["scenario"].as_str() == Some(s.name()))?;
-            Some((
-                v,
-                sc,
-                json_rate(&r["saturation"]),
-                r["latency"]["latency"]["p99_ns"].as_f64().map(|x| x / 1e3),
-            ))
-        })
-        .collect();
-    // Second row: the overload sweep (delivered at the largest multiple offered, over the
-    // most delivered) and the latency curve's top point (p99 at the highest fraction).
-    let second = |key: &str, pick: &dyn Fn(&Value) -> Option<f64>| -> Vec<CellRow> {
+    type Pick<'a> = &'a dyn Fn(&Value) -> Option<(f64, Option<f64>)>;
+    // Every result whose variant and scenario are known, as a row `pick` makes of it.
+    let rows = |pick: Pick| -> Vec<CellRow> {
         result["results"]
             .as_array()
             .into_iter()
@@ -42,10 +23,21 @@ pub fn svg(result: &Value) -> String {
                 let sc = Scenario::ALL
                     .into_iter()
                     .find(|s| r["scenario"].as_str() == Some(s.name()))?;
-                let last = r[key].as_array()?.last()?;
-                Some((v, sc, pick(last)?, None))
+                let (a, b) = pick(r)?;
+                Some((v, sc, a, b))
             })
             .collect()
+    };
+    let cells = rows(&|r| {
+        Some((
+            json_rate(&r["saturation"]),
+            r["latency"]["latency"]["p99_ns"].as_f64().map(|x| x / 1e3),
+        ))
+    });
+    // Second row: the overload sweep (delivered at the largest multiple offered, over the
+    // most delivered) and the latency curve's top point (p99 at the highest fraction).
+    let second = |key: &str, pick: &dyn Fn(&Value) -> Option<f64>| {
+        rows(&|r| Some((pick(r[key].as_array()?.last()?)?, None)))
     };
     let overload = second("overload", &|o| o["of_most_delivered"].as_f64());
     let curve_top = second("latency_curve", &|p| {

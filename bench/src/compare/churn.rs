@@ -40,7 +40,7 @@ impl ChurnRun {
     /// Every frame of the churned run received or counted as dropped somewhere.
     pub fn balanced(&self) -> bool {
         let r = &self.during.outcome.report;
-        r.sent == r.received + self.during.path_drops
+        r.sent == r.received + self.during.path_drops()
     }
 
     pub(super) fn json(&self) -> Value {
@@ -108,10 +108,7 @@ impl Bed {
             sc.spawn(|| {
                 // The churn stands for the API server: on the generator's core, not the
                 // dataplane's.
-                let mut set = nix::sched::CpuSet::new();
-                if set.set(self.opts.gen_core).is_ok() {
-                    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-                }
+                let _ = loadgen::pin_to_core(self.opts.gen_core);
                 let tick = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
                 let mut next = Instant::now();
                 let mut two = false;

@@ -37,14 +37,18 @@ pub struct Measured {
     pub cpu_dp: f64,
     /// Busy fraction of the generator core.
     pub cpu_gen: f64,
-    /// Drops counted on the way: xdpnetd's counters and every interface's in the lab (the
-    /// sink's socket drops included: its interface counts them).
-    pub path_drops: u64,
-    /// The same drops by the place that counted them (nonzero places only).
+    /// Drops counted on the way, by the place that counted them (nonzero places only):
+    /// xdpnetd's counters and every interface's in the lab (the sink's socket drops
+    /// included: its interface counts them).
     pub drop_places: Drops,
 }
 
 impl Measured {
+    /// Drops counted on the way, in all.
+    pub fn path_drops(&self) -> u64 {
+        self.drop_places.values().sum()
+    }
+
     /// What the run delivered per second: packets at the sink, or for full handshakes the
     /// handshakes completed (the ACK reached the server).
     pub fn rate(&self) -> f64 {
@@ -68,20 +72,17 @@ impl Measured {
         let mut v = self.outcome.json();
         v["cpu_dataplane_core"] = self.cpu_dp.into();
         v["cpu_generator_core"] = self.cpu_gen.into();
-        v["path_drops"] = self.path_drops.into();
+        v["path_drops"] = self.path_drops().into();
         v["drop_places"] = serde_json::to_value(&self.drop_places).unwrap_or_default();
         v
     }
 }
 
-/// Drops xdpnetd counted: pipeline drops, I/O drops and the XDP program's early drops. Not its sockets' kernel drops (no
-/// fill buffer, RX ring full): on veth the interface counts each of those too (a failed XDP
-/// redirect is an `rx_dropped` of the interface), and [`lab::link_drops`] reads those.
-pub fn xdpnet_drops(status: &Value) -> u64 {
-    xdpnet_drop_places(status, "").values().sum()
-}
-
-/// [`xdpnet_drops`] by place: `NODE/worker K/COUNTER`, nonzero ones only.
+/// Drops xdpnetd counted, by place (`NODE/worker K/COUNTER`, `NODE/steering early_drop`;
+/// nonzero ones only): pipeline drops, I/O drops and the XDP program's early drops. Not its
+/// sockets' kernel drops (no fill buffer, RX ring full): on veth the interface counts each of
+/// those too (a failed XDP redirect is an `rx_dropped` of the interface), and
+/// [`lab::link_drop_places`] reads those.
 pub fn xdpnet_drop_places(status: &Value, node: &str) -> Drops {
     let mut m = Drops::new();
     for (k, w) in status["workers"]
@@ -116,7 +117,7 @@ pub fn xdpnet_drop_places(status: &Value, node: &str) -> Drops {
 pub type Drops = std::collections::BTreeMap<String, u64>;
 
 /// What moved from `before` to `after`, nonzero places only.
-pub fn drops_between(before: &Drops, after: &Drops) -> Drops {
+fn drops_between(before: &Drops, after: &Drops) -> Drops {
     after
         .iter()
         .map(|(k, v)| {
@@ -130,13 +131,8 @@ pub fn drops_between(before: &Drops, after: &Drops) -> Drops {
 }
 
 impl Bed {
-    /// Drops counted on the path now: xdpnetd's counters when it runs, plus every interface
-    /// drop in the lab's namespaces (nodes, pods, underlay, client).
-    pub fn path_drops(&self) -> Result<u64> {
-        Ok(self.path_drop_places()?.values().sum())
-    }
-
-    /// [`Self::path_drops`] by place.
+    /// Drops counted on the path now, by place: xdpnetd's counters when it runs, plus every
+    /// interface drop in the lab's namespaces (nodes, pods, underlay, client).
     pub fn path_drop_places(&self) -> Result<Drops> {
         let mut m = Drops::new();
         if matches!(
@@ -165,7 +161,6 @@ impl Bed {
         Ok(Measured {
             cpu_dp: busy(&c0, &c1, self.opts.dp_core),
             cpu_gen: busy(&c0, &c1, self.opts.gen_core),
-            path_drops: 0,
             drop_places: Drops::new(),
             outcome,
         })
@@ -241,7 +236,6 @@ impl Bed {
         Ok(Measured {
             cpu_dp: busy(&c0, &c1, self.opts.dp_core),
             cpu_gen: busy(&c0, &c1, self.opts.gen_core),
-            path_drops: drop_places.values().sum(),
             drop_places,
             outcome,
         })

@@ -48,7 +48,7 @@ pub use chart::svg;
 pub use churn::ChurnRun;
 use kernel::bench_services;
 pub use kernel::kube_proxy_rules;
-pub use measure::{Drops, Measured, drops_between, xdpnet_drop_places, xdpnet_drops};
+pub use measure::{Drops, Measured, xdpnet_drop_places};
 use measure::{mpps, us};
 use report::{
     curve_table, json_rate, overload_table, ratios, scale_table, summary_table, tcp_table,

@@ -181,15 +181,22 @@ pub(super) fn tcp_table(runs: &[TcpRun]) -> String {
     t
 }
 
+/// The distinct values of `x`, ascending.
+fn sorted(x: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = x.collect();
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    v
+}
+
 /// The latency curve: per scenario and variant, p50 / p99 / p99.9 (us) and loss at each
 /// fraction of the kernel path's most delivered rate.
 pub(super) fn curve_table(cells: &[Cell]) -> String {
-    let mut fracs: Vec<f64> = cells
-        .iter()
-        .flat_map(|c| c.curve.iter().map(|(f, _, _)| *f))
-        .collect();
-    fracs.sort_by(f64::total_cmp);
-    fracs.dedup();
+    let fracs = sorted(
+        cells
+            .iter()
+            .flat_map(|c| c.curve.iter().map(|(f, _, _)| *f)),
+    );
     let mut t = String::new();
     let head: Vec<String> = fracs
         .iter()
@@ -231,12 +238,11 @@ pub(super) fn curve_table(cells: &[Cell]) -> String {
 /// The overload sweep: per scenario and variant, what was offered at each multiple of the
 /// most delivered rate and what got through, as a ratio to the most delivered.
 pub(super) fn overload_table(cells: &[Cell]) -> String {
-    let mut ks: Vec<f64> = cells
-        .iter()
-        .flat_map(|c| c.overload.iter().map(|(k, _)| *k))
-        .collect();
-    ks.sort_by(f64::total_cmp);
-    ks.dedup();
+    let ks = sorted(
+        cells
+            .iter()
+            .flat_map(|c| c.overload.iter().map(|(k, _)| *k)),
+    );
     let mut t = String::new();
     let head: Vec<String> = ks
         .iter()

@@ -337,7 +337,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         .name("xdpnet-loadgen".into())
         .spawn(move || {
             if let Some(c) = spec.core {
-                let _ = core_affinity_set(c);
+                let _ = pin_to_core(c);
             }
             run_here(&spec)
         })
@@ -346,7 +346,8 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         .map_err(|_| anyhow::anyhow!("the loadgen thread panicked"))?
 }
 
-fn core_affinity_set(core: usize) -> Result<()> {
+/// Pins the calling thread to `core`.
+pub(crate) fn pin_to_core(core: usize) -> Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(core).context("core number")?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)

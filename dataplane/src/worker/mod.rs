@@ -89,6 +89,12 @@ impl WorkerShared {
     pub fn now_secs(&self) -> u32 {
         self.start.elapsed().as_secs() as u32
     }
+    /// Tells the XDP program whether to drop frames for XSKMAP `slot` (admission control).
+    pub fn set_congested(&self, slot: u32, on: bool) {
+        if let Some(w) = self.congestion.as_ref().and_then(|c| c.get(slot as usize)) {
+            w.store(u64::from(on), Ordering::Relaxed);
+        }
+    }
     /// The worker owning `port`'s TX, or `u32::MAX`.
     pub fn port_owner(&self, port: PortId) -> u32 {
         self.owners
@@ -313,18 +319,6 @@ impl Worker {
         self.gauges();
     }
 
-    /// Tells the XDP program whether to drop frames for XSKMAP `slot` (admission control).
-    fn set_congested(&self, slot: u32, on: bool) {
-        if let Some(w) = self
-            .shared
-            .congestion
-            .as_ref()
-            .and_then(|c| c.get(slot as usize))
-        {
-            w.store(u64::from(on), Ordering::Relaxed);
-        }
-    }
-
     /// Once a stats period: a socket that received less than a quarter of its fill target
     /// goes back towards its base (frames already in its ring stay until used).
     fn shrink_fill_targets(&mut self) {
@@ -448,18 +442,14 @@ impl Worker {
         };
         if flip {
             sock.congested = !sock.congested;
-            let (slot, on) = (sock.slot, sock.congested);
-            self.set_congested(slot, on);
-            if on {
+            self.shared.set_congested(sock.slot, sock.congested);
+            if sock.congested {
                 self.io.congested.inc();
             }
         }
         if avail == 0 {
             return 0;
         }
-        let Some(sock) = self.socks[s].as_mut() else {
-            return 0;
-        };
         let rx_port = sock.port;
         let mut n = 0usize;
         for i in 0..avail {
@@ -721,7 +711,7 @@ impl Worker {
             rx_size: rings.rx,
             congested: false,
         });
-        self.set_congested(slot, false);
+        self.shared.set_congested(slot, false);
         if self.local_tx[port as usize] == NONE {
             self.local_tx[port as usize] = s as u32;
         }
@@ -744,7 +734,7 @@ impl Worker {
             return;
         };
         let port = sock.port;
-        self.set_congested(slot, false);
+        self.shared.set_congested(slot, false);
         drop(sock); // closes the socket: the kernel lets go of every frame it held for it
         let tag_fill = s as u32;
         let tag_tx = s as u32 | TX_BIT;
