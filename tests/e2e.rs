@@ -26,28 +26,7 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
         let cap_file = lab.dir.join("underlay.pcap");
         let cap = Capture::start(&lab.underlay_ns, "br0", &cap_file)?;
 
-        // Same node.
-        lab::ping(&a.ns, b.ip, 3)?;
-        let names = lab::udp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 5)?;
-        assert!(names.iter().all(|n| *n == b.name), "{names:?}");
-        let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 4 << 20)?;
-        assert_eq!(x.server, b.name);
-        let x = lab::tcp_exchange(&b.ns, SocketAddrV4::new(a.ip, POD_PORT), 4 << 20)?;
-        assert_eq!(x.server, a.name);
-
-        // Across nodes, both directions.
-        lab::ping(&a.ns, c.ip, 3)?;
-        lab::ping(&c.ns, a.ip, 3)?;
-        let names = lab::udp_exchange(&c.ns, SocketAddrV4::new(a.ip, POD_PORT), 5)?;
-        assert!(names.iter().all(|n| *n == a.name), "{names:?}");
-        let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(c.ip, POD_PORT), 4 << 20)?;
-        assert_eq!(x.server, c.name);
-        assert_eq!(
-            x.peer,
-            std::net::SocketAddr::V4(SocketAddrV4::new(c.ip, POD_PORT))
-        );
-        let x = lab::tcp_exchange(&c.ns, SocketAddrV4::new(a.ip, POD_PORT), 4 << 20)?;
-        assert_eq!(x.server, a.name);
+        pods_reach_pods(lab)?;
 
         // The underlay saw VXLAN with our VNI between the node addresses, carrying the pods'
         // packets, and never a pod address in the clear.
@@ -135,6 +114,82 @@ fn pod_to_pod_same_node_and_across_nodes_over_vxlan() {
     });
 }
 
+/// Pod -> pod on a node and across nodes, both ways: ping, UDP, 4 MiB of TCP, each answered
+/// by the pod addressed (its own address as the peer: no NAT).
+fn pods_reach_pods(lab: &Lab) -> Result<()> {
+    let (a, b, c) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
+    // Same node.
+    lab::ping(&a.ns, b.ip, 3)?;
+    let names = lab::udp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 5)?;
+    assert!(names.iter().all(|n| *n == b.name), "{names:?}");
+    let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(b.ip, POD_PORT), 4 << 20)?;
+    assert_eq!(x.server, b.name);
+    let x = lab::tcp_exchange(&b.ns, SocketAddrV4::new(a.ip, POD_PORT), 4 << 20)?;
+    assert_eq!(x.server, a.name);
+
+    // Across nodes, both directions.
+    lab::ping(&a.ns, c.ip, 3)?;
+    lab::ping(&c.ns, a.ip, 3)?;
+    let names = lab::udp_exchange(&c.ns, SocketAddrV4::new(a.ip, POD_PORT), 5)?;
+    assert!(names.iter().all(|n| *n == a.name), "{names:?}");
+    let x = lab::tcp_exchange(&a.ns, SocketAddrV4::new(c.ip, POD_PORT), 4 << 20)?;
+    assert_eq!(x.server, c.name);
+    assert_eq!(
+        x.peer,
+        std::net::SocketAddr::V4(SocketAddrV4::new(c.ip, POD_PORT))
+    );
+    let x = lab::tcp_exchange(&c.ns, SocketAddrV4::new(a.ip, POD_PORT), 4 << 20)?;
+    assert_eq!(x.server, a.name);
+    Ok(())
+}
+
+/// A ClusterIP spreads new connections over all four backends (from both nodes), and a UDP
+/// ClusterIP answers from the service address.
+fn clusterip_spreads(lab: &Lab) -> Result<()> {
+    let web = lab.services[0].clone();
+    let vip = SocketAddrV4::new(web.cluster_ip, web.port);
+    let client = lab.pods[0].ns.clone();
+    let seen = spread(&client, vip, 60)?;
+    let all: BTreeSet<String> = lab.pods.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(
+        seen.keys().cloned().collect::<BTreeSet<_>>(),
+        all,
+        "{seen:?}"
+    );
+    // From the other node too.
+    let seen = spread(&lab.pods[3].ns.clone(), vip, 40)?;
+    assert!(seen.len() >= 3, "{seen:?}");
+
+    // UDP service: answers come from the service address (checked in udp_exchange).
+    let udp = &lab.services[2];
+    let names = lab::udp_exchange(&client, SocketAddrV4::new(udp.cluster_ip, udp.port), 40)?;
+    assert!(
+        names.iter().collect::<BTreeSet<_>>().len() >= 3,
+        "{names:?}"
+    );
+    Ok(())
+}
+
+/// The NodePort on both nodes, from the client that is not a node: 2 MiB of TCP, new
+/// connections spread over the backends.
+fn nodeport_reaches_backends(lab: &Lab) -> Result<()> {
+    let np = lab.services[1].clone();
+    let port = np.node_port.context("node port")?;
+    let ext = lab.ext_ns.clone();
+    for n in 0..2 {
+        let to = SocketAddrV4::new(lab.nodes[n].ip, port);
+        let x = lab::tcp_exchange(&ext, to, 2 << 20)?;
+        assert!(x.server.starts_with("pod-"), "{x:?}");
+        let seen = spread(&ext, to, 30)?;
+        assert!(
+            seen.len() >= 3,
+            "NodePort on {} spread {seen:?}",
+            lab.nodes[n].name
+        );
+    }
+    Ok(())
+}
+
 /// The cores of a kernel CPU list ("0,2-3").
 fn cpu_list(s: &str) -> Vec<usize> {
     s.split(',')
@@ -183,27 +238,10 @@ fn spread(ns: &str, to: SocketAddrV4, n: usize) -> Result<BTreeMap<String, usize
 #[test]
 fn clusterip_spreads_over_all_backends_and_follows_the_state_file() {
     with_lab("svc", |lab| {
+        clusterip_spreads(lab)?;
         let web = lab.services[0].clone();
         let vip = SocketAddrV4::new(web.cluster_ip, web.port);
         let client = lab.pods[0].ns.clone();
-        let seen = spread(&client, vip, 60)?;
-        let all: BTreeSet<String> = lab.pods.iter().map(|p| p.name.clone()).collect();
-        assert_eq!(
-            seen.keys().cloned().collect::<BTreeSet<_>>(),
-            all,
-            "{seen:?}"
-        );
-        // From the other node too.
-        let seen = spread(&lab.pods[3].ns.clone(), vip, 40)?;
-        assert!(seen.len() >= 3, "{seen:?}");
-
-        // UDP service: answers come from the service address (checked in udp_exchange).
-        let udp = &lab.services[2];
-        let names = lab::udp_exchange(&client, SocketAddrV4::new(udp.cluster_ip, udp.port), 40)?;
-        assert!(
-            names.iter().collect::<BTreeSet<_>>().len() >= 3,
-            "{names:?}"
-        );
 
         // Remove pod-2-1 from the service: no new flow goes to it.
         let gone = lab
@@ -232,20 +270,7 @@ fn clusterip_spreads_over_all_backends_and_follows_the_state_file() {
 #[test]
 fn nodeport_from_a_client_that_is_not_a_node() {
     with_lab("np", |lab| {
-        let np = lab.services[1].clone();
-        let port = np.node_port.context("node port")?;
-        let ext = lab.ext_ns.clone();
-        for n in 0..2 {
-            let to = SocketAddrV4::new(lab.nodes[n].ip, port);
-            let x = lab::tcp_exchange(&ext, to, 2 << 20)?;
-            assert!(x.server.starts_with("pod-"), "{x:?}");
-            let seen = spread(&ext, to, 30)?;
-            assert!(
-                seen.len() >= 3,
-                "NodePort on {} spread {seen:?}",
-                lab.nodes[n].name
-            );
-        }
+        nodeport_reaches_backends(lab)?;
         let s = fresh_status(lab, 0);
         assert!(
             s["frontends"]
@@ -731,6 +756,115 @@ fn tap_pods_keep_their_offloads_and_reach_everything_with_segments_cut_and_merge
                 let s = fresh_status(lab, n);
                 assert_eq!(s["workers"][0]["tap"]["drops"], 0, "{}", s["workers"][0]);
                 frames_accounted(&s);
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Pings of `size` bytes of payload that must not be fragmented (`-M do`).
+fn ping_whole(ns: &str, to: Ipv4Addr, size: u32) -> Result<()> {
+    lab::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            &to.to_string(),
+        ],
+    )
+    .map(|_| ())
+    .with_context(|| format!("{size}-byte unfragmented ping from {ns} to {to}"))
+}
+
+/// The workers' chain counters (frames carried in several UMEM frames), summed.
+fn chains(s: &serde_json::Value) -> (u64, u64) {
+    let ws = s["workers"].as_array().cloned().unwrap_or_default();
+    let sum = |k: &str| {
+        ws.iter()
+            .map(|w| w["chains"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    (sum("rx"), sum("tx"))
+}
+
+#[test]
+fn a_jumbo_mtu_lab_carries_whole_9000_byte_frames_for_pods_and_services() {
+    with_lab_spec(
+        "jumbo",
+        |s| s.mtu = 9000,
+        |lab| {
+            assert_eq!(lab.pod_mtu(), 8950);
+            for veth_then_tap in [false, true] {
+                if veth_then_tap {
+                    // The same checks with tap pods (offloads on: TSO segments of up to 64 KiB
+                    // leave them, cut to the jumbo MTU for the underlay).
+                    for n in 0..2 {
+                        lab.stop_daemon(n, Signal::SIGTERM)?;
+                    }
+                    lab.set_pod_interfaces(true)?;
+                    for n in 0..2 {
+                        lab.start_daemon(n)?;
+                    }
+                    lab.wait_ready(Duration::from_secs(30))?;
+                }
+                let what = if veth_then_tap { "tap" } else { "veth" };
+                let link = lab::run("ip", &["-n", &lab.pods[0].ns, "link", "show", "eth0"])?;
+                assert!(link.contains("mtu 8950"), "{what}: {link}");
+                let cap_file = lab.dir.join(format!("jumbo-{what}.pcap"));
+                let cap = Capture::start(&lab.underlay_ns, "br0", &cap_file)?;
+                // Whole frames of the pods' MTU (8922 bytes of ICMP payload + 28 of headers)
+                // on a node and across nodes; one byte more does not leave the pod whole.
+                let (a, b, c) = (
+                    lab.pods[0].clone(),
+                    lab.pods[1].clone(),
+                    lab.pods[2].clone(),
+                );
+                ping_whole(&a.ns, b.ip, 8922)?;
+                ping_whole(&a.ns, c.ip, 8922)?;
+                ping_whole(&c.ns, a.ip, 8922)?;
+                assert!(
+                    ping_whole(&a.ns, c.ip, 8923).is_err(),
+                    "{what}: 8951-byte packet"
+                );
+                pods_reach_pods(lab).with_context(|| format!("{what} pods"))?;
+                clusterip_spreads(lab).with_context(|| format!("{what} ClusterIP"))?;
+                nodeport_reaches_backends(lab).with_context(|| format!("{what} NodePort"))?;
+                let (frames, _) = cap.stop_counted()?;
+                // The underlay carried VXLAN frames of the full 9000-byte MTU (9014 with the
+                // Ethernet header): pod TCP crossed in jumbo segments.
+                let big = frames
+                    .iter()
+                    .filter(|f| {
+                        f.len() > 4000
+                            && matches!(classify(f, lab::VXLAN_PORT), Underlay::Vxlan { .. })
+                    })
+                    .count();
+                let longest = frames.iter().map(Vec::len).max().unwrap_or(0);
+                assert!(big > 500, "{what}: {big} VXLAN frames above 4000 bytes");
+                assert_eq!(longest, 9014, "{what}: longest frame on the underlay");
+                for n in 0..2 {
+                    let s = fresh_status(lab, n);
+                    frames_accounted(&s);
+                    let (rx, tx) = chains(&s);
+                    assert!(
+                        rx > 100 && tx > 100,
+                        "{what} node {n}: chains rx {rx} tx {tx}"
+                    );
+                }
             }
             Ok(())
         },

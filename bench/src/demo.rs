@@ -26,6 +26,9 @@ pub struct LabOpts {
     /// persistent tap that keeps the pod's offloads).
     #[arg(long, default_value = "veth", value_parser = ["veth", "tap"])]
     pod_interface: String,
+    /// The underlay's MTU (pods and host ports get 50 less, for VXLAN).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=9216))]
+    mtu: u16,
 }
 
 /// A lab's name.
@@ -59,6 +62,7 @@ struct Opts {
     pods: usize,
     prefix: String,
     taps: bool,
+    mtu: u16,
 }
 
 impl LabOpts {
@@ -68,6 +72,7 @@ impl LabOpts {
             pods: usize::from(self.pods),
             prefix: self.prefix.unwrap_or_else(|| prefix.to_string()),
             taps: self.pod_interface == "tap",
+            mtu: self.mtu,
         }
     }
 }
@@ -88,12 +93,15 @@ pub fn lab(cmd: LabCmd) -> Result<()> {
             lab::cleanup_on_signal()?;
             let mut spec = LabSpec::new(&o.prefix, o.nodes, o.pods);
             spec.taps = o.taps;
+            spec.mtu = o.mtu;
             let lab = Lab::up(&spec)?;
             println!(
-                "lab {} up: {} nodes, {} pods; state {}; logs in {}",
+                "lab {} up: {} nodes, {} pods, underlay MTU {} (pods {}); state {}; logs in {}",
                 o.prefix,
                 lab.nodes.len(),
                 lab.pods.len(),
+                lab.mtu,
+                lab.pod_mtu(),
                 lab.state_path().display(),
                 lab.dir.display()
             );
@@ -164,7 +172,9 @@ pub fn demo(o: LabOpts) -> Result<()> {
         o.nodes, o.pods, o.prefix
     );
     let t = Instant::now();
-    let mut lab = Lab::up(&LabSpec::new(&o.prefix, o.nodes, o.pods))?;
+    let mut spec = LabSpec::new(&o.prefix, o.nodes, o.pods);
+    spec.mtu = o.mtu;
+    let mut lab = Lab::up(&spec)?;
     println!(
         "  up in {:.1?}: one xdpnetd per node, AF_XDP on every port",
         t.elapsed()
@@ -185,7 +195,7 @@ pub fn demo(o: LabOpts) -> Result<()> {
     if !ok {
         bail!("demo failed");
     }
-    tcp_against_the_kernel_path(&o.prefix, &stop)?;
+    tcp_against_the_kernel_path(&o.prefix, o.mtu, &stop)?;
     let left = lab::namespaces(&o.prefix);
     if !left.is_empty() {
         bail!("namespaces left behind: {left:?}");
@@ -198,7 +208,7 @@ pub fn demo(o: LabOpts) -> Result<()> {
 /// (veth pods and tap pods) and through the kernel path a Flannel VXLAN + kube-proxy iptables
 /// node has, built in this run on a second lab (`compare`'s bed): the same pods, the same
 /// cores (client and server on core 0, forwarding on core 1).
-fn tcp_against_the_kernel_path(prefix: &str, stop: &AtomicBool) -> Result<()> {
+fn tcp_against_the_kernel_path(prefix: &str, mtu: u16, stop: &AtomicBool) -> Result<()> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     if ncpu < 2 {
         println!(
@@ -224,6 +234,7 @@ against the kernel path (Flannel VXLAN + kube-proxy iptables, the pods' offloads
         scale: vec![],
         gen_core: 0,
         dp_core: 1,
+        mtu,
         ..compare::Options::default()
     };
     let mut bed = Bed::up(&opts)?;

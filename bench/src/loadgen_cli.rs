@@ -326,6 +326,9 @@ pub struct CompareArgs {
     /// the same run without; the daemons then watch the double for every run [default: none].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     churn: Option<u32>,
+    /// The lab's underlay MTU for every run (pods and host ports 50 less, on both paths) [default: 1500].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1280..=9216))]
+    mtu: Option<u16>,
     /// Output directory (default target/compare).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -432,6 +435,9 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     }
     if let Some(v) = a.churn {
         o.churn = v;
+    }
+    if let Some(v) = a.mtu {
+        o.mtu = v;
     }
     if let Some(v) = a.latency_points {
         o.latency_points = v.into_iter().map(|p| f64::from(p) / 100.0).collect();

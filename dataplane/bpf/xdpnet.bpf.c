@@ -146,7 +146,7 @@ static __always_inline int owned(struct xdp_md *ctx)
 	return bpf_map_lookup_elem(&steer, &k) != 0;
 }
 
-SEC("xdp")
+SEC("xdp.frags")
 int xdpnet_steer(struct xdp_md *ctx)
 {
 	struct port_key pk = { .ifindex = ctx->ingress_ifindex, .queue = ctx->rx_queue_index };

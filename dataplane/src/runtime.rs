@@ -46,6 +46,11 @@ pub const POD_FILL_BASE_MAX: u32 = 256;
 /// full-size segments arrives as one burst on a veth).
 pub const POD_FILL_MAX: u32 = 2048;
 
+/// The longest frame a chain of chunks carries through the dataplane: a 9216-byte MTU (the
+/// largest jumbo frame NICs commonly take) with its Ethernet header and room for the VXLAN
+/// headers added in front.
+pub const MAX_CHAIN_FRAME: usize = 9216 + 14 + 128;
+
 /// How the dataplane runs.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -64,6 +69,11 @@ pub struct DataplaneConfig {
     pub frames_per_worker: u32,
     /// Chunk size (2048 or 4096).
     pub frame_size: u32,
+    /// Frames longer than a chunk (a jumbo MTU) travel as chains of chunks (AF_XDP
+    /// multi-buffer): every socket is bound for them; the pipeline sees each such frame
+    /// whole, copied out of its chain, and frames up to [`MAX_CHAIN_FRAME`] bytes pass
+    /// between workers.
+    pub multi_buffer: bool,
     /// Rings of uplink and host sockets.
     pub rings: RingSizes,
     /// Rings of pod sockets. A pod's fill ring holds its share of the frames at rest
@@ -113,6 +123,7 @@ impl Default for DataplaneConfig {
             worker_rt_priority: None,
             frames_per_worker: 16_384,
             frame_size: 2048,
+            multi_buffer: false,
             rings: RingSizes::default(),
             pod_rings: RingSizes {
                 rx: 1024,
@@ -244,7 +255,11 @@ impl Dataplane {
                 .map(|_| {
                     Arc::new(HandoffQueues::new(
                         cfg.handoff_depth,
-                        cfg.frame_size as usize,
+                        if cfg.multi_buffer {
+                            MAX_CHAIN_FRAME
+                        } else {
+                            cfg.frame_size as usize
+                        },
                     ))
                 })
                 .collect(),
@@ -262,7 +277,8 @@ impl Dataplane {
             free_slots: (0..crate::steer::XSKMAP_SLOTS as u32).rev().collect(),
         };
         for (i, &core) in cfg.cores.iter().enumerate() {
-            let umem = Umem::new(cfg.frames_per_worker, cfg.frame_size)?;
+            let mut umem = Umem::new(cfg.frames_per_worker, cfg.frame_size)?;
+            umem.set_multi_buffer(cfg.multi_buffer);
             let (tx, rx) = mpsc::channel();
             let io = Arc::new(IoCounters::default());
             let pipeline = Pipeline::new();

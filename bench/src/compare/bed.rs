@@ -21,6 +21,7 @@ impl Bed {
         let mut spec = LabSpec::new(&opts.prefix, 2, 2);
         spec.workers = 1;
         spec.kube_api = opts.churn > 0;
+        spec.mtu = opts.mtu;
         let mut lab = Lab::up(&spec)?;
         for n in 0..lab.nodes.len() {
             lab.stop_daemon(n, nix::sys::signal::Signal::SIGTERM)?;

@@ -9,6 +9,7 @@ impl Bed {
     pub(super) fn kernel_path(&mut self) -> Result<()> {
         let nodes = self.lab.nodes.clone();
         let vtep_mac = |i: usize| format!("0e:f1:a0:00:00:{:02x}", i + 1);
+        let mtu = self.lab.pod_mtu().to_string();
         for (i, n) in nodes.iter().enumerate() {
             let ns = n.ns.as_str();
             sh(
@@ -57,7 +58,7 @@ impl Bed {
                     "address",
                     &vtep_mac(i),
                     "mtu",
-                    "1450",
+                    &mtu,
                     "up",
                 ],
             )?;

@@ -189,6 +189,8 @@ pub struct Options {
     /// its most delivered rate (0: none). The daemons then watch the lab's API server double
     /// instead of reading the state file, for every run.
     pub churn: u32,
+    /// The lab's underlay MTU ([`LabSpec::mtu`]).
+    pub mtu: u16,
 }
 
 impl Default for Options {
@@ -214,6 +216,7 @@ impl Default for Options {
             overload: vec![2.0, 5.0, 10.0],
             latency_points: vec![0.1, 0.5, 0.9],
             churn: 0,
+            mtu: 1500,
         }
     }
 }
@@ -496,6 +499,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "probes": opts.probes, "tcp_seconds": opts.tcp_seconds,
             "tcp_streams": opts.tcp_streams, "overload": opts.overload,
             "latency_points": opts.latency_points, "churn": opts.churn,
+            "mtu": opts.mtu,
         },
         "tcp": tcp_runs.iter().map(TcpRun::json).collect::<Vec<_>>(),
         "tcp_table": tcp_table,

@@ -4,10 +4,11 @@
 //! - `P-ul`: the underlay, a bridge `br0` (no address) joining the nodes and the client;
 //! - `P-ext`: a client that is not a node, `eth0` 198.18.0.100/24 on the underlay;
 //! - `P-n<i>` (node i = 1..N): uplink `eth0` 198.18.0.(10+i)/24; host port: veth `xdpnet0`
-//!   (kernel end, MTU 1450, the gateway 10.244.i.1/32, routes to the pod and service CIDRs) <->
+//!   (kernel end, MTU 1450: the underlay's 1500 less 50, the gateway 10.244.i.1/32, routes to
+//!   the pod and service CIDRs) <->
 //!   `xdpnet0-dp` (dataplane end); pod host ends `xnp<j>`; one `xdpnetd` (its log, status and
 //!   state files in the lab directory);
-//! - `P-n<i>p<j>`: pod j of node i: `eth0` 10.244.i.(10+j)/24, MTU 1450, default route via the
+//! - `P-n<i>p<j>`: pod j of node i: `eth0` 10.244.i.(10+j)/24, MTU 1450 (`--mtu` less 50), default route via the
 //!   gateway with a permanent neighbour entry for it, TX checksum offload off — the wiring the
 //!   CNI gives a pod.
 //!
@@ -138,6 +139,10 @@ pub struct LabSpec {
     /// Pods get a persistent tap as `eth0` (offloads on, polled through its descriptor)
     /// instead of a veth; the daemons' CNI endpoints wire new pods the same way.
     pub taps: bool,
+    /// The underlay's MTU (node uplinks and the switch); pods and host ports get 50 less (the
+    /// VXLAN overhead), on both paths. Above what one UMEM frame holds the daemons carry a
+    /// frame in several (AF_XDP multi-buffer).
+    pub mtu: u16,
 }
 
 impl LabSpec {
@@ -155,6 +160,7 @@ impl LabSpec {
             max_pods: 8,
             kube_api: false,
             taps: false,
+            mtu: 1500,
         }
     }
 }
@@ -208,11 +214,21 @@ pub struct Lab {
     max_pods: usize,
     /// Pods are taps ([`LabSpec::taps`]).
     pub taps: bool,
+    /// The underlay's MTU ([`LabSpec::mtu`]).
+    pub mtu: u16,
     /// The API server double (and its listeners in the other node namespaces).
     api: Vec<xdpnet_control::api_double::ApiDouble>,
     /// (kind, key) of the objects given to the API double.
     api_objects: std::collections::BTreeSet<(String, String)>,
     keep: bool,
+}
+
+impl Lab {
+    /// The MTU of pods, host ports and the kernel path's VXLAN device: the underlay's less
+    /// the VXLAN overhead.
+    pub fn pod_mtu(&self) -> u16 {
+        self.mtu - xdpnet_dataplane::overlay::MTU_OVERHEAD
+    }
 }
 
 /// The lab directory for a prefix.

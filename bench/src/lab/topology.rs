@@ -19,6 +19,9 @@ impl Lab {
         if spec.nodes == 0 || spec.nodes > 200 || spec.pods_per_node > 200 {
             bail!("lab size: 1..200 nodes, 0..200 pods per node");
         }
+        if !(1280..=9216).contains(&spec.mtu) {
+            bail!("lab MTU {}: 1280..9216", spec.mtu);
+        }
         if !namespaces(&spec.prefix).is_empty() {
             bail!(
                 "a lab with prefix {:?} exists already (xdpnet-bench lab down --prefix {})",
@@ -58,6 +61,7 @@ impl Lab {
             frames: spec.frames,
             max_pods: spec.max_pods,
             taps: spec.taps,
+            mtu: spec.mtu,
             api: Vec::new(),
             api_objects: Default::default(),
             keep: false,
@@ -117,6 +121,7 @@ impl Lab {
         ip(&["netns", "add", &ext])?;
         ip(&["-n", &ext, "link", "set", "lo", "up"])?;
         self.uplink(&ext, "ext", self.ext_ip)?;
+        let pod_mtu = self.pod_mtu().to_string();
         for n in self.nodes.clone() {
             let i = n.name.trim_start_matches("node-").to_string();
             ip(&["netns", "add", &n.ns])?;
@@ -152,10 +157,10 @@ impl Lab {
                 "set",
                 "xdpnet0-dp",
                 "mtu",
-                "1450",
+                &pod_mtu,
                 "up",
             ])?;
-            ip(&["-n", &n.ns, "link", "set", "xdpnet0", "mtu", "1450", "up"])?;
+            ip(&["-n", &n.ns, "link", "set", "xdpnet0", "mtu", &pod_mtu, "up"])?;
             tx_off(&n.ns, "xdpnet0")?;
             let src = n.gateway.to_string();
             ip(&[
@@ -193,6 +198,7 @@ impl Lab {
     /// queue, gateway neighbour and default route.
     fn pod_link(&self, p: &LabPod) -> Result<()> {
         let node = &self.nodes[p.node];
+        let mtu = self.pod_mtu().to_string();
         if self.taps {
             // As the CNI endpoint gives a pod in tap mode: a persistent tap with a
             // virtio-net header, offloads left on (the dataplane opens it by name).
@@ -201,12 +207,12 @@ impl Lab {
             ])?;
         } else {
             ip(&[
-                "-n", &node.ns, "link", "add", &p.host_if, "mtu", "1450", "type", "veth", "peer",
+                "-n", &node.ns, "link", "add", &p.host_if, "mtu", &mtu, "type", "veth", "peer",
                 "name", "eth0", "netns", &p.ns,
             ])?;
         }
         ip(&[
-            "-n", &p.ns, "link", "set", "eth0", "address", &p.mac, "mtu", "1450", "up",
+            "-n", &p.ns, "link", "set", "eth0", "address", &p.mac, "mtu", &mtu, "up",
         ])?;
         ip(&[
             "-n",
@@ -259,12 +265,15 @@ impl Lab {
     pub(super) fn uplink(&self, ns: &str, peer: &str, addr: Ipv4Addr) -> Result<()> {
         let ul = &self.underlay_ns;
         let q = self.uplink_queues.to_string();
+        let mtu = self.mtu.to_string();
         ip(&[
             "-n",
             ns,
             "link",
             "add",
             "eth0",
+            "mtu",
+            &mtu,
             "numtxqueues",
             &q,
             "numrxqueues",
@@ -274,6 +283,8 @@ impl Lab {
             "peer",
             "name",
             peer,
+            "mtu",
+            &mtu,
             "numtxqueues",
             &q,
             "numrxqueues",

@@ -88,6 +88,12 @@ pub(super) fn local_config(cfg: &DaemonConfig) -> anyhow::Result<LocalConfig> {
             MIN_POD_MTU + MTU_OVERHEAD
         );
     }
+    if usize::from(mtu) + 14 + MTU_OVERHEAD as usize > xdpnet_dataplane::runtime::MAX_CHAIN_FRAME {
+        bail!(
+            "underlay MTU {mtu} is larger than the dataplane carries (at most {})",
+            xdpnet_dataplane::runtime::MAX_CHAIN_FRAME - 14 - MTU_OVERHEAD as usize
+        );
+    }
     let overlay = u32::from(mtu - MTU_OVERHEAD);
     if let Some(h) = netdev::if_mtu(&cfg.host_if).filter(|&h| h > overlay) {
         log!(
@@ -241,8 +247,20 @@ pub(super) fn start(
 /// the VXLAN endpoint steered.
 fn start_dataplane(cfg: &DaemonConfig, ctl: &Controller) -> anyhow::Result<Dataplane> {
     let empty = xdpnet_dataplane::fib::FibBuilder::new(ctl.node().clone()).build();
-    let mut dp =
-        Dataplane::start(cfg.dataplane.clone(), empty).context("starting the dataplane")?;
+    // Frames as large as the underlay MTU asks: above 1500, 4 KiB chunks, and chains of
+    // them for what one does not hold (AF_XDP multi-buffer).
+    let mut dcfg = cfg.dataplane.clone();
+    let mtu = u32::from(ctl.node().mtu);
+    dcfg.frame_size = xdpnet_dataplane::sys::xsk::Umem::frame_size_for(mtu);
+    dcfg.multi_buffer = mtu + 14 + 256 > dcfg.frame_size;
+    if dcfg.multi_buffer {
+        log!(
+            cfg.node_name,
+            "underlay MTU {mtu}: frames of up to {} bytes in 4 KiB UMEM frames, longer ones as chains (AF_XDP multi-buffer)",
+            dcfg.frame_size - 256
+        );
+    }
+    let mut dp = Dataplane::start(dcfg, empty).context("starting the dataplane")?;
     dp.add_port(UPLINK_PORT, &cfg.uplink, PortRole::Uplink)
         .with_context(|| format!("uplink {}", cfg.uplink))?;
     dp.add_port(HOST_PORT, &cfg.host_port, PortRole::Host)

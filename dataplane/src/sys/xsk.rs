@@ -51,6 +51,9 @@ pub struct Umem {
     bytes: usize,
     frame_size: u32,
     frames: u32,
+    /// Sockets bound on it take frames longer than a chunk as chains of chunks (AF_XDP
+    /// multi-buffer, `XDP_USE_SG`).
+    multi_buffer: bool,
     /// Per chunk: the batch stamp of its last loan in [`Umem::chunks_mut`].
     stamp: Box<[u32]>,
     epoch: u32,
@@ -82,9 +85,36 @@ impl Umem {
             bytes,
             frame_size,
             frames,
+            multi_buffer: false,
             stamp: vec![0; frames as usize].into_boxed_slice(),
             epoch: 0,
         })
+    }
+
+    /// Binds its sockets with `XDP_USE_SG` (call before the first bind): a frame longer than
+    /// a chunk then arrives as several descriptors, each but the last flagged
+    /// [`PKT_CONTD`], and may be sent that way. Sockets sharing the UMEM inherit it.
+    pub fn set_multi_buffer(&mut self, on: bool) {
+        self.multi_buffer = on;
+    }
+
+    /// Whether sockets on it are bound for multi-buffer frames.
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
+    }
+
+    /// The chunk size that carries a frame for an interface MTU of `mtu` in one chunk (2048
+    /// up to 1500), else 4096: the largest copy-mode AF_XDP takes (the kernel refuses chunks
+    /// above a page, huge pages or not, as of 6.18), with longer frames carried as chains
+    /// ([`Umem::set_multi_buffer`]).
+    pub fn frame_size_for(mtu: u32) -> u32 {
+        if mtu + 14 + 256 <= 2048 { 2048 } else { 4096 }
+    }
+
+    /// The longest frame one chunk of this UMEM takes in copy mode (the kernel keeps 256
+    /// bytes of headroom in each).
+    pub fn frame_capacity(&self) -> u32 {
+        self.frame_size - 256
     }
 
     /// Chunk size in bytes.
@@ -163,6 +193,12 @@ impl Drop for Umem {
     }
 }
 
+/// Bind flag: frames longer than a chunk as chains of descriptors (linux/if_xdp.h).
+const XDP_USE_SG: u16 = 1 << 4;
+
+/// Descriptor option: the frame continues in the next descriptor (linux/if_xdp.h).
+pub const PKT_CONTD: u32 = 1;
+
 /// A TX/RX descriptor as the kernel lays it out.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -171,7 +207,7 @@ pub struct XdpDesc {
     pub addr: u64,
     /// Data length.
     pub len: u32,
-    /// Options (0).
+    /// Options: [`PKT_CONTD`] on every descriptor of a chain but its last, else 0.
     pub options: u32,
 }
 
@@ -547,6 +583,9 @@ impl XskSocket {
 
         let (flags, shared_fd) = match shared {
             Some(s) => (libc::XDP_SHARED_UMEM, s.as_raw_fd() as u32),
+            None if umem.multi_buffer => {
+                (libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP | XDP_USE_SG, 0)
+            }
             None => (libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP, 0),
         };
         let sa = libc::sockaddr_xdp {

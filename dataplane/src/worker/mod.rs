@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
 
+mod chain;
 mod tap_port;
 
 const FREE: u32 = u32::MAX;
@@ -61,6 +62,8 @@ crate::counters::counter_set! {
         tap_segments: Counter, "tap.segments", "xdpnet_worker_gso_segments_total", "Segments cut in software from large tap frames for ports that cannot carry them whole.";
         tap_drops: Counter, "tap.drops", "xdpnet_worker_tap_drops_total", "Frames to or from tap ports dropped: device queue full or gone, a large frame that cannot be cut, or no free frame to cut it into.";
         gro_merged: Counter, "tap.gro_segments", "xdpnet_worker_gro_segments_total", "Segments merged with the one before them on their way to a tap (GRO in user space: one write for many).";
+        chains_rx: Counter, "chains.rx", "xdpnet_worker_chain_rx_frames_total", "Frames longer than one UMEM frame received as a chain of them (AF_XDP multi-buffer, jumbo MTU).";
+        chains_tx: Counter, "chains.tx", "xdpnet_worker_chain_tx_frames_total", "Frames longer than one UMEM frame sent as a chain of them (AF_XDP multi-buffer, jumbo MTU).";
         congested: Counter, "congested", "xdpnet_worker_congested_total", "Times a socket's RX ring ran three quarters full and the XDP program was told to drop its frames until it is down to a quarter (admission control; the drops are steering.early_drop).";
         frames_total: Gauge, "frames.total", "xdpnet_worker_frames", "Frames of a worker's UMEM.";
         frames_free: Gauge, "frames.free", "xdpnet_worker_frames_free", "Frames free in a worker.";
@@ -203,6 +206,13 @@ pub(crate) struct Worker {
     poller_dirty: bool,
     busy: bool,
     io_only: bool,
+    /// A frame copied out of a received chain, or a segment too long for one UMEM frame
+    /// (allocated with the first).
+    long_buf: Box<[u8]>,
+    /// Held chunks of the chains of the current RX batch (index, offset, length), and the
+    /// chains over them.
+    links: Vec<(u32, u32, u32)>,
+    chains: Vec<chain::Chain>,
     // Scratch, reused every batch.
     idx_buf: [u32; MAX_BATCH],
     off_len: [(u32, u32); MAX_BATCH],
@@ -244,6 +254,9 @@ impl Worker {
             tap_bufs: Vec::new(),
             tap_hdrs: [VnetHdr::default(); TAP_BATCH],
             gro: tap_port::Gro::default(),
+            long_buf: Box::default(),
+            links: Vec::new(),
+            chains: Vec::new(),
             shared,
             pipeline,
             io,
@@ -452,22 +465,73 @@ impl Worker {
         }
         let rx_port = sock.port;
         let mut n = 0usize;
-        for i in 0..avail {
+        let mut links = std::mem::take(&mut self.links);
+        let mut chains = std::mem::take(&mut self.chains);
+        links.clear();
+        chains.clear();
+        // A chain (a frame longer than a chunk) is read to its end even past the batch: the
+        // kernel publishes a frame's descriptors together.
+        let mut take = avail;
+        let mut open: Option<(usize, bool)> = None;
+        let mut i = 0;
+        while i < take {
             let Some(d): Option<XdpDesc> = sock.xsk.rx.get(i) else {
                 break;
             };
-            match self.umem.locate(d.addr, d.len) {
+            i += 1;
+            let mine = match self.umem.locate(d.addr, d.len) {
                 Some((idx, off)) if self.owner[idx as usize] == s as u32 => {
                     self.owner[idx as usize] = HELD;
                     sock.fill_out -= 1;
+                    Some((idx, off))
+                }
+                _ => {
+                    self.io.bad_desc.inc();
+                    None
+                }
+            };
+            let contd = d.options & crate::sys::xsk::PKT_CONTD != 0;
+            if open.is_none() && !contd {
+                if let Some((idx, off)) = mine {
                     self.idx_buf[n] = idx;
                     self.off_len[n] = (off, d.len);
                     n += 1;
                 }
-                _ => self.io.bad_desc.inc(),
+                continue;
+            }
+            let (start, ok) = open.get_or_insert((links.len(), true));
+            match mine {
+                Some((idx, off)) => links.push((idx, off, d.len)),
+                None => *ok = false,
+            }
+            if contd {
+                if i == take && take < ready {
+                    take += 1;
+                }
+                continue;
+            }
+            let (start, ok) = (*start, *ok);
+            open = None;
+            if ok {
+                chains.push((start, links.len() - start));
+            } else {
+                for &(idx, _, _) in &links[start..] {
+                    self.owner[idx as usize] = FREE;
+                    self.free.push(idx);
+                }
+                links.truncate(start);
             }
         }
-        sock.xsk.rx.release(avail);
+        if let Some((start, _)) = open {
+            // Never expected: a chain cut off at the end of the ring.
+            self.io.bad_desc.inc();
+            for &(idx, _, _) in &links[start..] {
+                self.owner[idx as usize] = FREE;
+                self.free.push(idx);
+            }
+            links.truncate(start);
+        }
+        sock.xsk.rx.release(take);
         sock.rx_period = sock.rx_period.saturating_add(n as u32);
         if sock.fill_out < sock.fill_target / 2
             && sock.fill_target < sock.fill_cap
@@ -507,19 +571,25 @@ impl Worker {
             for i in 0..n {
                 self.release(self.idx_buf[i]);
             }
-            return n;
-        }
-        for i in 0..n {
-            let idx = self.idx_buf[i];
-            match self.verdicts[i] {
-                Verdict::Tx(port) => {
-                    let (off, len) = self.off_len[i];
-                    self.output(idx, off, len, port);
+        } else {
+            for i in 0..n {
+                let idx = self.idx_buf[i];
+                match self.verdicts[i] {
+                    Verdict::Tx(port) => {
+                        let (off, len) = self.off_len[i];
+                        self.output(idx, off, len, port);
+                    }
+                    Verdict::Drop(_) => self.release(idx),
                 }
-                Verdict::Drop(_) => self.release(idx),
             }
         }
-        n
+        let c = chains.len();
+        if c > 0 {
+            self.receive_chains(rx_port, &links, &chains);
+        }
+        self.links = links;
+        self.chains = chains;
+        n + c
     }
 
     fn release(&mut self, idx: u32) {
@@ -561,32 +631,9 @@ impl Worker {
             self.release(idx);
             return;
         }
-        let q = &self.shared.handoff[w as usize];
-        match q.spare.pop() {
-            Some(mut h) if (len as usize) <= h.data.len() => {
-                let chunk = self.umem.chunk_mut(idx);
-                h.data[..len as usize]
-                    .copy_from_slice(&chunk[off as usize..off as usize + len as usize]);
-                h.port = port;
-                h.len = len as u16;
-                match q.inbox.push(h) {
-                    Ok(()) => {
-                        self.io.handoff_out.inc();
-                        if self.shared.sleeping[w as usize].load(Ordering::SeqCst) {
-                            self.shared.wakers[w as usize].notify();
-                        }
-                    }
-                    Err(h) => {
-                        let _ = q.spare.push(h);
-                        self.io.handoff_drop.inc();
-                    }
-                }
-            }
-            Some(h) => {
-                let _ = q.spare.push(h);
-                self.io.handoff_drop.inc();
-            }
-            None => self.io.handoff_drop.inc(),
+        let chunk = self.umem.chunk_mut(idx);
+        if let Some(frame) = chunk.get(off as usize..off as usize + len as usize) {
+            chain::hand_off_to(&self.shared, &self.io, self.idx, w, port, frame);
         }
         self.release(idx);
     }
@@ -602,11 +649,16 @@ impl Worker {
             let Some(h) = q.inbox.pop() else { break };
             n += 1;
             self.io.handoff_in.inc();
+            let len = h.len as usize;
+            if HEADROOM + len > self.umem.frame_size() as usize {
+                self.emit_long(&h.data[..len], h.port);
+                let _ = q.spare.push(h);
+                continue;
+            }
             match self.free.pop() {
                 Some(idx) => {
                     self.owner[idx as usize] = HELD;
                     let chunk = self.umem.chunk_mut(idx);
-                    let len = h.len as usize;
                     chunk[HEADROOM..HEADROOM + len].copy_from_slice(&h.data[..len]);
                     self.output(idx, HEADROOM as u32, len as u32, h.port);
                 }

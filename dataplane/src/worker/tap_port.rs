@@ -301,7 +301,7 @@ impl Worker {
 
     /// Places a frame read from a tap (`buf[off..off + len]`, `orig_len` bytes as read: the
     /// pipeline may have put outer headers in front) on `port`.
-    fn place_tap_frame(
+    pub(super) fn place_tap_frame(
         &mut self,
         buf: &mut [u8],
         mut h: VnetHdr,
@@ -359,6 +359,28 @@ impl Worker {
                     return;
                 }
                 let n = gso::segments(&t, mss);
+                if HEADROOM + t.hdr + mss > self.umem.frame_size() as usize {
+                    // Segments longer than a UMEM frame (a jumbo MTU): each cut into
+                    // scratch, then sent as a chain.
+                    let mut seg = std::mem::take(&mut self.long_buf);
+                    if seg.is_empty() {
+                        seg = vec![0u8; TAP_BUF].into_boxed_slice();
+                    }
+                    for k in 0..n {
+                        match gso::write_segment(frame, &t, mss, k, &mut seg[..]) {
+                            Some(l) => {
+                                self.io.tap_segments.inc();
+                                self.emit_long(&seg[..l], port);
+                            }
+                            None => {
+                                self.io.tap_drops.inc();
+                                break;
+                            }
+                        }
+                    }
+                    self.long_buf = seg;
+                    return;
+                }
                 self.make_tx_room(port, n as u32);
                 for k in 0..n {
                     let Some(idx) = self.free.pop() else {
@@ -381,6 +403,24 @@ impl Worker {
                 }
                 return;
             }
+        }
+        if HEADROOM + len > self.umem.frame_size() as usize {
+            // Longer than a UMEM frame (a jumbo MTU): its checksum finished here, then sent
+            // as a chain.
+            let frame = &mut buf[off..off + len];
+            if h.flags & F_NEEDS_CSUM != 0
+                && !gso::finish_checksum(
+                    frame,
+                    usize::from(h.csum_start),
+                    usize::from(h.csum_offset),
+                    l4_end,
+                )
+            {
+                self.io.tap_drops.inc();
+                return;
+            }
+            self.emit_long(&buf[off..off + len], port);
+            return;
         }
         // One frame: copied into a UMEM frame, its checksum finished.
         let Some(idx) = self.free.pop() else {
