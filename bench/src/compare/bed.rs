@@ -22,7 +22,18 @@ impl Bed {
         spec.workers = 1;
         spec.kube_api = opts.churn > 0;
         spec.mtu = opts.mtu;
-        let mut lab = Lab::up(&spec)?;
+        // The API server double's threads (started with the lab, when churn runs) serve the
+        // watches from the generator's core, as the churn thread does: the forwarding core
+        // carries only the variant under test.
+        let all = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+            .context("reading this thread's cores")?;
+        if spec.kube_api {
+            crate::loadgen::pin_to_core(opts.gen_core)?;
+        }
+        let lab = Lab::up(&spec);
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all)
+            .context("restoring this thread's cores")?;
+        let mut lab = lab?;
         for n in 0..lab.nodes.len() {
             lab.stop_daemon(n, nix::sys::signal::Signal::SIGTERM)?;
             lab.nodes[n].core = opts.dp_core;

@@ -1,5 +1,5 @@
 //! The event loop: CNI requests, cluster-state events (a burst is coalesced into one refresh:
-//! the loop keeps taking events while they come less than 1 ms apart, for at most 10 ms),
+//! the loop keeps taking events while they come less than 200 µs apart, for at most 2 ms),
 //! the source's health, conntrack ageing, next-hop changes, and once a second the state file,
 //! the status file and the reports. Runs until `stop` is set.
 
@@ -10,10 +10,11 @@ use crate::state::{Event, Source};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-/// A burst of events is taken while they come closer than this...
-const COALESCE_GAP: Duration = Duration::from_millis(1);
+/// A burst of events is taken while they come closer than this (a watch stream's burst
+/// arrives back to back; changes spread over time, even 1,000 a second, each publish)...
+const COALESCE_GAP: Duration = Duration::from_micros(200);
 /// ...for at most this long.
-const COALESCE_MAX: Duration = Duration::from_millis(10);
+const COALESCE_MAX: Duration = Duration::from_millis(2);
 /// Unresolved next hops are re-read at most this often without a kernel notification.
 const NEIGH_RETRY: Duration = Duration::from_millis(200);
 

@@ -4,8 +4,9 @@
 //! the source, or from the state persisted by the last run when the source cannot answer),
 //! builds the first table, starts the workers, wires the uplink and the host port. Then it
 //! waits for events: a batch of events arriving together (a burst) is coalesced into one
-//! refresh — the loop keeps taking events while they come less than 1 ms apart, for at most
-//! 10 ms — so a lone event is published within about a millisecond and a burst once. Only what
+//! refresh — the loop keeps taking events while they come less than 200 µs apart, for at
+//! most 2 ms — so a lone event is published within a fraction of a millisecond, a burst
+//! once, and changes spread over time (even 1,000 a second) each on their own. Only what
 //! the events touched is recomputed ([`Controller`]); the table is built and published only
 //! when something in it changed. Around that: next-hop MACs of other nodes from the kernel's
 //! neighbour table, attaching and detaching pod interfaces, the uplink's steered frontends,

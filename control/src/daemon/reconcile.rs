@@ -163,7 +163,7 @@ impl Daemon {
     }
 
     /// Publishes `fib`, waits for the workers to take it, expires UDP flows to removed
-    /// backends.
+    /// backends (when a UDP service port lost one).
     /// `t`: when the build began.
     fn publish(&mut self, fib: Fib, since: Option<Instant>, t: Instant) {
         self.metrics.build.observe(t.elapsed());
@@ -173,9 +173,16 @@ impl Daemon {
             self.metrics.event_to_publish.observe(since.elapsed());
         }
         self.metrics.publishes += 1;
-        published.wait_for_readers(Duration::from_secs(1));
         let fib = self.dp.fib();
-        let expired = self.dp.conntrack().expire_removed_udp_backends(&fib);
+        // The conntrack walk only when a UDP backend went away (it touches every bucket, on
+        // the workers' memory: not for every publish of a busy cluster).
+        let purge = fib.udp_backends_removed_since(&published.old);
+        published.wait_for_readers(Duration::from_secs(1));
+        let expired = if purge {
+            self.dp.conntrack().expire_removed_udp_backends(&fib)
+        } else {
+            0
+        };
         log!(
             self.cfg.node_name,
             "published table generation {generation} ({} services, {} local pods, {} remote nodes) built in {:?}{}",

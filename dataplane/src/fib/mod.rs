@@ -189,6 +189,37 @@ impl Fib {
     pub fn lbs(&self) -> &[Arc<Lb>] {
         &self.lbs
     }
+
+    /// True when some UDP service port of `old` lost a backend in this snapshot (or is gone):
+    /// only then can a UDP flow point at a backend that is no more. Service ports the
+    /// incremental build carried over unchanged (the same `Arc`) are not looked into.
+    pub fn udp_backends_removed_since(&self, old: &Fib) -> bool {
+        let udp = |l: &&Arc<Lb>| l.proto == crate::wire::proto::UDP;
+        let mut olds = old.lbs.iter().filter(udp).peekable();
+        if olds.peek().is_none() {
+            return false;
+        }
+        let kept: std::collections::HashSet<*const Lb> =
+            self.lbs.iter().filter(udp).map(Arc::as_ptr).collect();
+        let mut by_name: Option<std::collections::HashMap<&str, &Lb>> = None;
+        for o in olds {
+            if kept.contains(&Arc::as_ptr(o)) {
+                continue;
+            }
+            let names = by_name.get_or_insert_with(|| {
+                self.lbs
+                    .iter()
+                    .filter(udp)
+                    .map(|l| (l.name.as_str(), &**l))
+                    .collect()
+            });
+            match names.get(o.name.as_str()) {
+                Some(n) if o.backends.iter().all(|b| n.has_backend(*b)) => {}
+                _ => return true,
+            }
+        }
+        false
+    }
 }
 
 /// Where a packet goes ([`Fib::next_hop`]).

@@ -359,3 +359,38 @@ proptest! {
         prop_assert_eq!(digest(&a), digest(&b));
     }
 }
+
+#[test]
+fn only_a_lost_udp_backend_calls_for_the_conntrack_walk() {
+    let mut b = testutil::cluster_builder(&SHAPE);
+    let v1 = b.build();
+    // Nothing changed / a backend added to both ports: no UDP flow can be left pointing at a
+    // backend that is gone.
+    let v2 = b.build();
+    assert!(!v2.udp_backends_removed_since(&v1));
+    let mut grown = testutil::service_spec(&SHAPE, 3);
+    for p in &mut grown.ports {
+        p.backends
+            .push(std::net::SocketAddrV4::new(testutil::pod_ip(1, 4), 9999));
+    }
+    b.upsert_service(grown.clone()).unwrap();
+    let v3 = b.build();
+    assert!(!v3.udp_backends_removed_since(&v2));
+    // A backend leaves only the TCP port: still nothing to expire.
+    let mut tcp_only = grown.clone();
+    tcp_only.ports[0].backends.pop();
+    b.upsert_service(tcp_only.clone()).unwrap();
+    let v4 = b.build();
+    assert!(!v4.udp_backends_removed_since(&v3));
+    // It leaves the UDP port: expire.
+    let mut udp_too = tcp_only.clone();
+    udp_too.ports[1].backends.pop();
+    b.upsert_service(udp_too).unwrap();
+    let v5 = b.build();
+    assert!(v5.udp_backends_removed_since(&v4));
+    // A service removed: its UDP flows must go.
+    assert!(b.remove_service("default/svc-7"));
+    let v6 = b.build();
+    assert!(v6.udp_backends_removed_since(&v5));
+    assert!(!v6.udp_backends_removed_since(&v6));
+}
