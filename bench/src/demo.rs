@@ -29,6 +29,36 @@ pub struct LabOpts {
     /// The underlay's MTU (pods and host ports get 50 less, for VXLAN).
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=9216))]
     mtu: u16,
+    /// The cluster from a YAML file of Kubernetes objects (lab up only): Namespaces, Pods (on
+    /// the node their spec.nodeName names, serving the ports their containers declare),
+    /// Services (endpoints from their selectors), NetworkPolicies, ClusterNetworkPolicies;
+    /// instead of the default pods and services (--pods is then ignored). See the README.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<std::path::PathBuf>,
+}
+
+/// A lab and a file of objects.
+#[derive(Debug, clap::Args)]
+pub struct FileOpts {
+    /// Prefix of the lab (started with lab up).
+    #[arg(long, default_value = DEFAULT_PREFIX, value_parser = prefix)]
+    prefix: String,
+    /// YAML file of Kubernetes objects (as for lab up --cluster).
+    file: std::path::PathBuf,
+}
+
+/// The servers of one pod of a cluster-file lab (started by the lab itself).
+#[derive(Debug, clap::Args)]
+pub struct ServePodOpts {
+    /// What the servers answer with.
+    #[arg(long)]
+    name: String,
+    /// TCP ports.
+    #[arg(long)]
+    tcp: Vec<u16>,
+    /// UDP ports.
+    #[arg(long)]
+    udp: Vec<u16>,
 }
 
 /// A lab's name.
@@ -48,6 +78,15 @@ pub enum LabCmd {
     Status(PrefixOpt),
     /// Remove a lab (processes, namespaces, files).
     Down(PrefixOpt),
+    /// Add or change objects of a running lab (lab up, with or without --cluster): pods
+    /// (new ones are wired and served; existing ones relabelled), namespaces' labels,
+    /// services, NetworkPolicies, ClusterNetworkPolicies.
+    Apply(FileOpts),
+    /// Remove objects of a running lab (pods with their namespaces, services, policies).
+    Delete(FileOpts),
+    /// (internal) serve a cluster-file pod's ports.
+    #[command(hide = true)]
+    ServePod(ServePodOpts),
 }
 
 fn prefix(s: &str) -> Result<String, String> {
@@ -63,6 +102,7 @@ struct Opts {
     prefix: String,
     taps: bool,
     mtu: u16,
+    cluster: Option<std::path::PathBuf>,
 }
 
 impl LabOpts {
@@ -73,6 +113,7 @@ impl LabOpts {
             prefix: self.prefix.unwrap_or_else(|| prefix.to_string()),
             taps: self.pod_interface == "tap",
             mtu: self.mtu,
+            cluster: self.cluster,
         }
     }
 }
@@ -94,7 +135,19 @@ pub fn lab(cmd: LabCmd) -> Result<()> {
             let mut spec = LabSpec::new(&o.prefix, o.nodes, o.pods);
             spec.taps = o.taps;
             spec.mtu = o.mtu;
+            if let Some(f) = &o.cluster {
+                let cf = lab::ClusterFile::read(f)?;
+                spec.nodes = spec.nodes.max(cf.nodes_needed());
+                spec.max_pods = spec.max_pods.max(cf.pods.len());
+                spec.cluster = Some(cf);
+            }
             let lab = Lab::up(&spec)?;
+            if o.cluster.is_some() {
+                for i in 0..lab.pods.len() {
+                    lab.serve_pod_detached(i)?;
+                }
+            }
+            lab.save_description()?;
             println!(
                 "lab {} up: {} nodes, {} pods, underlay MTU {} (pods {}); state {}; logs in {}",
                 o.prefix,
@@ -106,7 +159,23 @@ pub fn lab(cmd: LabCmd) -> Result<()> {
                 lab.dir.display()
             );
             for p in &lab.pods {
-                println!("  {} {} (netns {})", p.name, p.ip, p.ns);
+                let ports: Vec<String> = p
+                    .ports
+                    .iter()
+                    .map(|pp| format!("{}/{}", pp.port, pp.protocol))
+                    .collect();
+                println!(
+                    "  {} {} on {} (netns {}; serves {})",
+                    p.who(),
+                    p.ip,
+                    lab.nodes[p.node].name,
+                    p.ns,
+                    if o.cluster.is_some() {
+                        ports.join(" ")
+                    } else {
+                        "nothing yet".into()
+                    }
+                );
             }
             println!(
                 "remove it with: xdpnet-bench lab down --prefix {}",
@@ -115,6 +184,36 @@ pub fn lab(cmd: LabCmd) -> Result<()> {
             lab.keep();
             Ok(())
         }
+        LabCmd::Apply(o) => {
+            let cf = lab::ClusterFile::read(&o.file)?;
+            let mut lab = Lab::attach(&o.prefix)?;
+            lab.apply_cluster(&cf, true)?;
+            lab.save_description()?;
+            println!(
+                "lab {}: applied {} namespaces, {} pods, {} services, {} other objects",
+                o.prefix,
+                cf.namespaces.len(),
+                cf.pods.len(),
+                cf.services.len(),
+                cf.others.len()
+            );
+            Ok(())
+        }
+        LabCmd::Delete(o) => {
+            let cf = lab::ClusterFile::read(&o.file)?;
+            let mut lab = Lab::attach(&o.prefix)?;
+            lab.delete_cluster(&cf)?;
+            lab.save_description()?;
+            println!(
+                "lab {}: deleted {} pods, {} services, {} other objects",
+                o.prefix,
+                cf.pods.len(),
+                cf.services.len(),
+                cf.others.len()
+            );
+            Ok(())
+        }
+        LabCmd::ServePod(o) => lab::serve_forever(&o.name, &o.tcp, &o.udp),
         LabCmd::Down(o) => {
             let n = lab::teardown(&o.prefix);
             let _ = std::fs::remove_dir_all(lab::lab_dir(&o.prefix));

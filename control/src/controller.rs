@@ -47,6 +47,11 @@ pub struct Controller {
     pod_warnings: Vec<String>,
     pending: Dirty,
     changed: BTreeMap<Kind, u64>,
+    policy: crate::policy::Compiler,
+    /// The attached pods as the daemon gave them (policy ids are set on them here).
+    attached: BTreeMap<Ipv4Addr, Endpoint>,
+    policy_ids: BTreeMap<Ipv4Addr, u32>,
+    policy_warnings: Vec<String>,
 }
 
 impl Controller {
@@ -64,9 +69,14 @@ impl Controller {
             pod_warnings: Vec::new(),
             pending: Dirty::default(),
             changed: BTreeMap::new(),
+            policy: crate::policy::Compiler::default(),
+            attached: BTreeMap::new(),
+            policy_ids: BTreeMap::new(),
+            policy_warnings: Vec::new(),
         };
         c.pending.nodes = true;
         c.pending.pods = true;
+        c.pending.policy = true;
         c.refresh();
         for (key, spec, w) in c.translate_all() {
             c.put_service(&key, spec, w);
@@ -133,6 +143,7 @@ impl Controller {
         }
         self.pending.nodes |= d.nodes;
         self.pending.pods |= d.pods;
+        self.pending.policy |= d.policy;
         self.pending.services.extend(d.services);
     }
 
@@ -175,7 +186,44 @@ impl Controller {
             let spec = translate::service_spec(&self.state, key, &mut w);
             ch.services += usize::from(self.put_service(key, spec, w));
         }
+        if d.policy {
+            self.compile_policy();
+        }
         ch
+    }
+
+    /// Compiles network policy for the attached pods; the builder gets the new table and
+    /// the endpoints their policy ids (only those whose id changed are touched).
+    fn compile_policy(&mut self) {
+        let local: Vec<Ipv4Addr> = self.attached.keys().copied().collect();
+        let c = self.policy.compile(&self.state, &local);
+        self.policy_warnings = c.warnings;
+        let same = c.ids == self.policy_ids
+            && c.table.pods == self.builder.policy().pods
+            && c.table.origins.len() == self.builder.policy().origins.len()
+            && c.table
+                .origins
+                .iter()
+                .zip(self.builder.policy().origins.iter())
+                .all(|(a, b)| std::sync::Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
+        self.policy_ids = c.ids;
+        self.builder.set_policy(c.table);
+        for ep in self.attached.values() {
+            let id = self.policy_ids.get(&ep.ip).copied().unwrap_or(0);
+            if self
+                .builder
+                .endpoint(ep.ip)
+                .is_some_and(|e| e.policy_id != id)
+            {
+                let _ = self.builder.upsert_endpoint(Endpoint {
+                    policy_id: id,
+                    ..*ep
+                });
+            }
+        }
     }
 
     /// The other nodes' next hops (underlay address -> MAC, the kernel's neighbour table): the
@@ -223,8 +271,17 @@ impl Controller {
                 self.builder.remove_endpoint(ip);
             }
         }
+        let pods_changed = want.keys().ne(self.attached.keys());
+        self.attached = want.clone();
+        if pods_changed {
+            // Which policies apply depends on which pods are here.
+            self.compile_policy();
+        }
         want.into_values()
-            .filter_map(|ep| self.builder.upsert_endpoint(ep).err().map(|e| (ep, e)))
+            .filter_map(|mut ep| {
+                ep.policy_id = self.policy_ids.get(&ep.ip).copied().unwrap_or(0);
+                self.builder.upsert_endpoint(ep).err().map(|e| (ep, e))
+            })
             .collect()
     }
 
@@ -273,6 +330,16 @@ impl Controller {
         self.builder.service_count()
     }
 
+    /// The policy table of the next build (what `inspect policy` and `explain` read).
+    pub fn policy_table(&self) -> &std::sync::Arc<xdpnet_dataplane::policy::PolicyTable> {
+        self.builder.policy()
+    }
+
+    /// The policy id of the local pod at `ip` (0: no policy applies).
+    pub fn policy_id(&self, ip: Ipv4Addr) -> u32 {
+        self.policy_ids.get(&ip).copied().unwrap_or(0)
+    }
+
     /// Objects changed so far, per kind.
     pub fn changed(&self) -> &BTreeMap<Kind, u64> {
         &self.changed
@@ -284,6 +351,7 @@ impl Controller {
             .iter()
             .chain(&self.pod_warnings)
             .chain(self.svc_warnings.values().flatten())
+            .chain(&self.policy_warnings)
             .cloned()
             .collect()
     }

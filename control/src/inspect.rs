@@ -1,7 +1,8 @@
 //! `xdpnetd inspect`: a running daemon's tables, as human tables or JSON.
 
 use anyhow::Context;
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
 use std::path::Path;
 
 fn s(v: &Value) -> String {
@@ -173,6 +174,172 @@ pub fn print(socket: &Path, json: bool, conntrack: usize) -> anyhow::Result<()> 
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&v, conntrack));
+    }
+    Ok(())
+}
+
+/// Prints the policy rules in force for `pod` (`namespace/name`) as a running daemon has them.
+pub fn print_policy(socket: &Path, pod: &str, json: bool) -> anyhow::Result<()> {
+    let v = crate::http::fetch_inspect(socket).with_context(|| {
+        format!(
+            "no xdpnetd answering on {} (is it running? root?)",
+            socket.display()
+        )
+    })?;
+    let p = v["policy"]["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pod"].as_str() == Some(pod))
+        .cloned();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"pod": pod, "policy": p, "policies": v["policy"]["policies"]})
+            )?
+        );
+        return Ok(());
+    }
+    print!(
+        "{}",
+        render_policy(pod, p.as_ref(), &v["policy"]["policies"])
+    );
+    Ok(())
+}
+
+/// The text form of one pod's policy.
+pub fn render_policy(pod: &str, p: Option<&Value>, policies: &Value) -> String {
+    let Some(p) = p else {
+        return format!("{pod}: no network policy applies (all traffic allowed)\n");
+    };
+    let mut out = format!("{pod} ({})\n", s(&p["ip"]));
+    for dir in ["ingress", "egress"] {
+        let d = &p[dir];
+        let _ = writeln!(
+            out,
+            "{dir}: {}",
+            if d["isolated"].as_bool() == Some(true) {
+                "isolated by NetworkPolicies"
+            } else {
+                "not isolated by NetworkPolicies"
+            }
+        );
+        let mut rows = Vec::new();
+        for (tier, key) in [
+            ("Admin", "admin"),
+            ("NetworkPolicy", "network_policy"),
+            ("Baseline", "baseline"),
+        ] {
+            for r in d[key].as_array().into_iter().flatten() {
+                for c in r["clauses"].as_array().into_iter().flatten() {
+                    let peers: Vec<String> =
+                        c["peers"].as_array().into_iter().flatten().map(s).collect();
+                    let ports: Vec<String> = c["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| {
+                            let (a, b) = (s(&p["from"]), s(&p["to"]));
+                            let range = if a == b {
+                                a
+                            } else if a == "0" && b == "65535" {
+                                "all".into()
+                            } else {
+                                format!("{a}-{b}")
+                            };
+                            format!("{}/{range}", s(&p["protocol"]))
+                        })
+                        .collect();
+                    rows.push(vec![
+                        tier.to_string(),
+                        s(&r["policy"]),
+                        s(&r["rule"]),
+                        s(&r["action"]),
+                        if peers.is_empty() {
+                            "none".into()
+                        } else {
+                            peers.join(",")
+                        },
+                        if ports.is_empty() {
+                            "all".into()
+                        } else {
+                            ports.join(",")
+                        },
+                    ]);
+                }
+            }
+        }
+        if rows.is_empty() {
+            out.push_str("  (no rules)\n");
+        } else {
+            out.push_str(&table(
+                &["TIER", "POLICY", "RULE", "ACTION", "PEERS", "PORTS"],
+                &rows,
+            ));
+        }
+    }
+    let rows: Vec<Vec<String>> = policies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| vec![s(&o["name"]), s(&o["allowed"]), s(&o["denied"])])
+        .collect();
+    if !rows.is_empty() {
+        out.push_str("new flows judged, per policy (this node):\n");
+        out.push_str(&table(&["POLICY", "ALLOWED", "DENIED"], &rows));
+    }
+    out
+}
+
+/// Prints the verdict on `flow` by a running daemon's policy.
+pub fn print_explain(socket: &Path, flow: crate::policy::Flow, json: bool) -> anyhow::Result<()> {
+    let v = crate::http::fetch_inspect(socket).with_context(|| {
+        format!(
+            "no xdpnetd answering on {} (is it running? root?)",
+            socket.display()
+        )
+    })?;
+    let e = crate::policy::explain(&v["policy"], flow);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
+    let f = &e["flow"];
+    println!(
+        "{} -> {} {}/{}: {}",
+        s(&f["src"]),
+        s(&f["dst"]),
+        s(&f["protocol"]),
+        s(&f["port"]),
+        if e["allowed"].as_bool() == Some(true) {
+            "allowed"
+        } else {
+            "denied"
+        }
+    );
+    let steps = e["steps"].as_array().cloned().unwrap_or_default();
+    if steps.is_empty() {
+        println!("  neither end is a pod of this node with network policy: allowed here");
+    }
+    for st in steps {
+        let rule = if st["rule"].is_null() {
+            String::new()
+        } else {
+            format!(" rule {}", s(&st["rule"]))
+        };
+        println!(
+            "  {} of {}: {} by {} ({}{rule})",
+            s(&st["direction"]),
+            s(&st["pod"]),
+            if st["allowed"].as_bool() == Some(true) {
+                "allowed"
+            } else {
+                "denied"
+            },
+            s(&st["by"]),
+            s(&st["tier"]),
+        );
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The Kubernetes source: kube-rs watchers on Nodes, this node's Pods, Services,
-//! EndpointSlices and Namespaces, feeding the same [`Event`]s as the file source.
+//! The Kubernetes source: kube-rs watchers on Nodes, Pods, Services, EndpointSlices,
+//! Namespaces, NetworkPolicies and ClusterNetworkPolicies (when their CRD is installed),
+//! feeding the same [`Event`]s as the file source.
 //!
 //! Runs a small tokio runtime on its own thread; the daemon's control thread takes events from
 //! a channel ([`Source::next`]). Each watcher lists then watches; kube-runtime's watcher
@@ -7,18 +8,21 @@
 //! connection, with exponential backoff on errors. A (re)list is delivered as one
 //! [`Event::Replace`] of that kind when it completes, so the table never sees a half list and
 //! objects deleted while we were away disappear. Objects are stripped of what the table does
-//! not need (managed fields, annotations other than `xdpnet.io/*`, container specs, statuses
+//! not need (managed fields, annotations other than `xdpnet.io/*`, container specs but their
+//! ports, statuses
 //! other than addresses/IPs/phase) before they are stored.
 //!
 //! Degraded ([`Source::degraded`]) until every kind has been listed once, and while the last
 //! attempt of any watcher failed; the daemon keeps forwarding with its last table meanwhile.
 
+use crate::policy::ClusterNetworkPolicy;
 use crate::state::{Event, Kind, Object, Source, SourceError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
@@ -28,19 +32,23 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+const KINDS: usize = Kind::ALL.len();
+
 /// Health and counters of the watchers.
 #[derive(Debug)]
 pub struct KubeHealth {
     /// Per kind (index of [`Kind::ALL`]): listed at least once.
-    pub synced: [AtomicBool; 5],
+    pub synced: [AtomicBool; KINDS],
     /// Per kind: the last attempt failed.
-    pub failing: [AtomicBool; 5],
+    pub failing: [AtomicBool; KINDS],
     /// Per kind: when the last error happened (ms since the source started).
-    pub last_error_ms: [AtomicU64; 5],
+    pub last_error_ms: [AtomicU64; KINDS],
     /// Per kind: errors seen.
-    pub errors: [AtomicU64; 5],
+    pub errors: [AtomicU64; KINDS],
     /// Per kind: (re)lists started.
-    pub lists: [AtomicU64; 5],
+    pub lists: [AtomicU64; KINDS],
+    /// Per kind: the API server does not serve it (an optional CRD not installed).
+    pub absent: [AtomicBool; KINDS],
     /// The last error, for logs.
     pub last_error: Mutex<String>,
     /// When the source started.
@@ -55,6 +63,7 @@ impl Default for KubeHealth {
             last_error_ms: Default::default(),
             errors: Default::default(),
             lists: Default::default(),
+            absent: Default::default(),
             last_error: Mutex::new(String::new()),
             started: std::time::Instant::now(),
         }
@@ -71,7 +80,10 @@ impl KubeHealth {
     /// True while some kind was never listed or failed recently.
     pub fn degraded(&self) -> bool {
         let now = self.started.elapsed().as_millis() as u64;
-        self.synced.iter().any(|s| !s.load(Ordering::Relaxed))
+        self.synced
+            .iter()
+            .zip(&self.absent)
+            .any(|(s, a)| !s.load(Ordering::Relaxed) && !a.load(Ordering::Relaxed))
             || self.failing.iter().zip(&self.last_error_ms).any(|(f, t)| {
                 f.load(Ordering::Relaxed)
                     && now.saturating_sub(t.load(Ordering::Relaxed))
@@ -103,10 +115,9 @@ fn strip_meta(m: &mut ObjectMeta) {
     }
 }
 
-/// What the table (and later policy) needs of a Node.
+/// What the table and network policy need of a Node: labels, pod CIDRs, addresses.
 pub fn strip_node(mut n: Node) -> Node {
     strip_meta(&mut n.metadata);
-    n.metadata.labels = None;
     n.spec = n.spec.map(|s| NodeSpec {
         pod_cidr: s.pod_cidr,
         pod_cidrs: s.pod_cidrs,
@@ -119,13 +130,23 @@ pub fn strip_node(mut n: Node) -> Node {
     n
 }
 
-/// What the table (and later policy: labels) needs of a Pod.
+/// What the table and network policy need of a Pod: its node, host-network flag, IPs and
+/// phase, its labels, and its containers' ports (named ports).
 pub fn strip_pod(mut p: Pod) -> Pod {
     strip_meta(&mut p.metadata);
     p.spec = p.spec.map(|s| PodSpec {
         node_name: s.node_name,
         host_network: s.host_network,
-        containers: Vec::new(),
+        containers: s
+            .containers
+            .into_iter()
+            .filter(|c| c.ports.as_ref().is_some_and(|p| !p.is_empty()))
+            .map(|c| k8s_openapi::api::core::v1::Container {
+                name: c.name,
+                ports: c.ports,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     });
     p.status = p.status.map(|s| PodStatus {
@@ -152,6 +173,12 @@ pub fn strip_slice(mut s: EndpointSlice) -> EndpointSlice {
         e.target_ref = None;
     }
     s
+}
+
+/// A NetworkPolicy without managed fields and foreign annotations.
+pub fn strip_network_policy(mut n: NetworkPolicy) -> NetworkPolicy {
+    strip_meta(&mut n.metadata);
+    n
 }
 
 /// A Namespace's name and labels.
@@ -267,6 +294,46 @@ async fn watch_kind<K>(
     }
 }
 
+/// [`watch_kind`] for a kind an optional CRD serves: while the API server answers 404 for
+/// it (the CRD is not installed) the kind is absent — said once in the log, reported in
+/// [`KubeHealth::absent`], checked again every 30 s — and the watch starts once it is there.
+async fn watch_optional<K>(
+    api: Api<K>,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+    tx: Sender<Event>,
+    health: Arc<KubeHealth>,
+    node: String,
+) where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    let i = idx(kind);
+    loop {
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                if !health.absent[i].swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "xdpnetd[{node}]: the API server does not serve {} ({}/{}): not watched (install its CRD to use it; checked again every 30 s)",
+                        K::kind(&Default::default()),
+                        K::group(&Default::default()),
+                        K::version(&Default::default()),
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            _ => break,
+        }
+    }
+    if health.absent[i].swap(false, Ordering::Relaxed) {
+        eprintln!(
+            "xdpnetd[{node}]: {} is served now: watching it",
+            K::kind(&Default::default())
+        );
+    }
+    watch_kind(api, watcher::Config::default(), kind, wrap, tx, health).await;
+}
+
 impl KubeSource {
     /// Connects (in-cluster config or kubeconfig, or `server` when given) and starts the
     /// watchers. Fails only when no client configuration exists at all; an unreachable API
@@ -319,7 +386,8 @@ impl KubeSource {
                         }
                     };
                     let _ = ctx.send(Ok(client.default_namespace().to_string()));
-                    let pods = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+                    // Every pod, not only this node's: network policy peers are pods
+                    // anywhere (their labels, addresses and named ports).
                     let all = watcher::Config::default;
                     tokio::join!(
                         watch_kind(
@@ -332,7 +400,7 @@ impl KubeSource {
                         ),
                         watch_kind(
                             Api::<Pod>::all(client.clone()),
-                            pods,
+                            all(),
                             Kind::Pod,
                             |o| Object::Pod(strip_pod(o)),
                             tx.clone(),
@@ -355,12 +423,31 @@ impl KubeSource {
                             h.clone()
                         ),
                         watch_kind(
-                            Api::<Namespace>::all(client),
+                            Api::<Namespace>::all(client.clone()),
                             all(),
                             Kind::Namespace,
                             |o| Object::Namespace(strip_namespace(o)),
+                            tx.clone(),
+                            h.clone()
+                        ),
+                        watch_kind(
+                            Api::<NetworkPolicy>::all(client.clone()),
+                            all(),
+                            Kind::NetworkPolicy,
+                            |o| Object::NetworkPolicy(strip_network_policy(o)),
+                            tx.clone(),
+                            h.clone()
+                        ),
+                        watch_optional(
+                            Api::<ClusterNetworkPolicy>::all(client),
+                            Kind::ClusterNetworkPolicy,
+                            |mut o: ClusterNetworkPolicy| {
+                                strip_meta(&mut o.metadata);
+                                Object::ClusterNetworkPolicy(o)
+                            },
                             tx,
-                            h
+                            h,
+                            node.clone(),
                         ),
                     );
                 });
@@ -407,6 +494,15 @@ impl Source for KubeSource {
 
     fn degraded(&self) -> bool {
         self.health.degraded()
+    }
+
+    fn absent_kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .iter()
+            .zip(&self.health.absent)
+            .filter(|(_, a)| a.load(Ordering::Relaxed))
+            .map(|(k, _)| *k)
+            .collect()
     }
 }
 

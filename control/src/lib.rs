@@ -28,6 +28,8 @@ pub mod masq;
 pub mod metrics;
 pub mod neigh;
 pub mod podnet;
+pub mod policy;
+pub mod policy_ref;
 pub mod state;
 pub mod translate;
 pub mod view;

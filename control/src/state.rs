@@ -8,8 +8,10 @@
 //! and the caller keeps its previous state. [`save`] writes a state crash-safely for the next
 //! start.
 
+use crate::policy::ClusterNetworkPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +33,10 @@ pub struct ClusterState {
     pub slices: BTreeMap<String, EndpointSlice>,
     /// Namespaces.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// NetworkPolicies.
+    pub network_policies: BTreeMap<String, NetworkPolicy>,
+    /// ClusterNetworkPolicies (by name).
+    pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
     /// `namespace/service` -> keys of its EndpointSlices.
     pub slices_by_service: BTreeMap<String, BTreeSet<String>>,
     /// Documents of kinds the table does not use.
@@ -50,16 +56,22 @@ pub enum Kind {
     EndpointSlice,
     /// Namespace.
     Namespace,
+    /// NetworkPolicy.
+    NetworkPolicy,
+    /// ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`).
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Node,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Namespace,
+        Kind::NetworkPolicy,
+        Kind::ClusterNetworkPolicy,
     ];
     /// Lower-case name (metrics, logs).
     pub fn name(self) -> &'static str {
@@ -69,6 +81,8 @@ impl Kind {
             Kind::Service => "service",
             Kind::EndpointSlice => "endpointslice",
             Kind::Namespace => "namespace",
+            Kind::NetworkPolicy => "networkpolicy",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicy",
         }
     }
 }
@@ -87,6 +101,10 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     /// Namespace.
     Namespace(Namespace),
+    /// NetworkPolicy.
+    NetworkPolicy(NetworkPolicy),
+    /// ClusterNetworkPolicy.
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 impl Object {
@@ -98,6 +116,8 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Namespace(_) => Kind::Namespace,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
         }
     }
     fn meta(&self) -> &ObjectMeta {
@@ -107,13 +127,15 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
         }
     }
     /// Its key: `name` for cluster-scoped kinds, `namespace/name` otherwise.
     pub fn key(&self) -> Option<String> {
         let m = self.meta();
         match self.kind() {
-            Kind::Node | Kind::Namespace => m.name.clone(),
+            Kind::Node | Kind::Namespace | Kind::ClusterNetworkPolicy => m.name.clone(),
             _ => key(m),
         }
     }
@@ -140,6 +162,9 @@ pub struct Dirty {
     pub pods: bool,
     /// These services (`namespace/name`) need their spec recomputed.
     pub services: BTreeSet<String>,
+    /// Network policy must be compiled again (a policy, a namespace, a pod or a node
+    /// changed: labels, addresses and named ports all feed it).
+    pub policy: bool,
     /// Objects changed, per kind (for metrics).
     pub changed: BTreeMap<Kind, usize>,
 }
@@ -147,7 +172,7 @@ pub struct Dirty {
 impl Dirty {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        !self.nodes && !self.pods && self.services.is_empty()
+        !self.nodes && !self.pods && self.services.is_empty() && !self.policy
     }
 }
 
@@ -227,7 +252,14 @@ impl ClusterState {
     /// Documents are numbered from 1 among the non-empty ones.
     pub fn add_yaml(&mut self, path: &Path, text: &str) -> Result<(), StateError> {
         let mut input = text.as_bytes();
-        for (i, doc) in serde_saphyr::read::<_, Value>(&mut input).enumerate() {
+        for (i, doc) in serde_saphyr::read_with_options::<_, Value>(
+            &mut input,
+            // As Kubernetes reads YAML: only true/false are booleans (a namespace `y` stays a
+            // name, not YAML 1.1's yes).
+            serde_saphyr::options! { strict_booleans: true },
+        )
+        .enumerate()
+        {
             let err = |msg: String| StateError::Parse {
                 path: path.to_path_buf(),
                 doc: i + 1,
@@ -250,8 +282,14 @@ impl ClusterState {
             .to_string();
         let named = |k: Option<String>| k.ok_or_else(|| format!("{kind} without metadata.name"));
         match kind.as_str() {
-            "List" | "NodeList" | "PodList" | "ServiceList" | "EndpointSliceList"
-            | "NamespaceList" => {
+            "List"
+            | "NodeList"
+            | "PodList"
+            | "ServiceList"
+            | "EndpointSliceList"
+            | "NamespaceList"
+            | "NetworkPolicyList"
+            | "ClusterNetworkPolicyList" => {
                 if let Some(items) = v.get("items").and_then(|i| i.as_array()) {
                     for it in items.clone() {
                         self.add_value(it)?;
@@ -287,6 +325,39 @@ impl ClusterState {
                     serde_json::from_value(v).map_err(|e| format!("Namespace: {e}"))?;
                 named(n.metadata.name.clone())?;
                 self.apply(Event::Upsert(Object::Namespace(n)), &mut Dirty::default());
+            }
+            "NetworkPolicy" => {
+                let mut n: NetworkPolicy =
+                    serde_json::from_value(v).map_err(|e| format!("NetworkPolicy: {e}"))?;
+                named(key(&n.metadata))?;
+                // As the API server does: protocol TCP where a port leaves it out.
+                for r in n.spec.iter_mut().flat_map(|s| {
+                    s.ingress
+                        .iter_mut()
+                        .flatten()
+                        .flat_map(|r| r.ports.iter_mut().flatten())
+                        .chain(
+                            s.egress
+                                .iter_mut()
+                                .flatten()
+                                .flat_map(|r| r.ports.iter_mut().flatten()),
+                        )
+                }) {
+                    r.protocol.get_or_insert_with(|| "TCP".into());
+                }
+                self.apply(
+                    Event::Upsert(Object::NetworkPolicy(n)),
+                    &mut Dirty::default(),
+                );
+            }
+            "ClusterNetworkPolicy" => {
+                let c: ClusterNetworkPolicy =
+                    serde_json::from_value(v).map_err(|e| format!("ClusterNetworkPolicy: {e}"))?;
+                named(c.metadata.name.clone())?;
+                self.apply(
+                    Event::Upsert(Object::ClusterNetworkPolicy(c)),
+                    &mut Dirty::default(),
+                );
             }
             _ => self.ignored += 1,
         }
@@ -341,6 +412,18 @@ impl ClusterState {
                         .collect(),
                     Kind::Namespace => self
                         .namespaces
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect(),
+                    Kind::NetworkPolicy => self
+                        .network_policies
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect(),
+                    Kind::ClusterNetworkPolicy => self
+                        .cluster_policies
                         .keys()
                         .filter(|k| !keep.contains(*k))
                         .cloned()
@@ -402,7 +485,20 @@ impl ClusterState {
                 self.namespaces.insert(k, n);
                 c
             }
+            Object::NetworkPolicy(n) => {
+                let c = self.network_policies.get(&k) != Some(&n);
+                self.network_policies.insert(k, n);
+                c
+            }
+            Object::ClusterNetworkPolicy(n) => {
+                let c = self.cluster_policies.get(&k) != Some(&n);
+                self.cluster_policies.insert(k, n);
+                c
+            }
         };
+        if changed && kind != Kind::Service && kind != Kind::EndpointSlice {
+            dirty.policy = true;
+        }
         if changed {
             *dirty.changed.entry(kind).or_default() += 1;
         }
@@ -443,7 +539,12 @@ impl ClusterState {
                 None => false,
             },
             Kind::Namespace => self.namespaces.remove(k).is_some(),
+            Kind::NetworkPolicy => self.network_policies.remove(k).is_some(),
+            Kind::ClusterNetworkPolicy => self.cluster_policies.remove(k).is_some(),
         };
+        if had && kind != Kind::Service && kind != Kind::EndpointSlice {
+            dirty.policy = true;
+        }
         if had {
             *dirty.changed.entry(kind).or_default() += 1;
         }
@@ -491,6 +592,22 @@ impl ClusterState {
                     .values()
                     .cloned()
                     .map(Object::Namespace)
+                    .collect(),
+            ),
+            Event::Replace(
+                Kind::NetworkPolicy,
+                self.network_policies
+                    .values()
+                    .cloned()
+                    .map(Object::NetworkPolicy)
+                    .collect(),
+            ),
+            Event::Replace(
+                Kind::ClusterNetworkPolicy,
+                self.cluster_policies
+                    .values()
+                    .cloned()
+                    .map(Object::ClusterNetworkPolicy)
                     .collect(),
             ),
         ]
@@ -557,6 +674,11 @@ pub trait Source {
     }
     /// Re-reads everything at the next call (SIGHUP).
     fn reload(&mut self) {}
+    /// Kinds the source cannot deliver because the cluster does not serve them (an optional
+    /// CRD that is not installed): they stay empty.
+    fn absent_kinds(&self) -> Vec<Kind> {
+        Vec::new()
+    }
 }
 
 impl Source for FileSource {

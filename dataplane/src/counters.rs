@@ -132,6 +132,8 @@ reasons! {
     NoHeadroom => "no_headroom", "No room in front of the frame for the overlay header.";
     MtuExceeded => "mtu_exceeded", "The encapsulated packet would exceed the underlay MTU.";
     PodToOverlay => "pod_to_overlay", "A pod's UDP to a node's VXLAN port (pods never speak the overlay).";
+    PolicyIngress => "policy_ingress", "Network policy of the destination pod denies this new flow (ingress).";
+    PolicyEgress => "policy_egress", "Network policy of the source pod denies this new flow (egress).";
 }
 
 counter_set! {
@@ -142,6 +144,7 @@ counter_set! {
         encap: Counter, "pipeline.encap", "xdpnet_pipeline_encap_packets_total", "Packets sent to other nodes through the overlay.";
         decap: Counter, "pipeline.decap", "xdpnet_pipeline_decap_packets_total", "Overlay packets from other nodes accepted.";
         new_flows: Counter, "pipeline.new_flows", "xdpnet_pipeline_new_flows_total", "New service flows (DNAT, maybe SNAT) recorded in conntrack.";
+        policy_flows: Counter, "pipeline.policy_flows", "xdpnet_pipeline_policy_flows_total", "New flows without NAT tracked because network policy applies to one of their pods (their replies then pass).";
         nat: Counter, "pipeline.nat", "xdpnet_pipeline_nat_packets_total", "Packets translated by conntrack (either direction).";
         arp_replies: Counter, "pipeline.arp_replies", "xdpnet_pipeline_arp_replies_total", "ARP replies sent for the gateway.";
         icmp_echo_replies: Counter, "pipeline.icmp_echo_replies", "xdpnet_pipeline_icmp_echo_replies_total", "ICMP echo replies sent for service addresses.";

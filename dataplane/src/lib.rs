@@ -16,6 +16,7 @@ pub mod hash;
 pub mod overlay;
 pub mod packet;
 pub mod pipeline;
+pub mod policy;
 pub mod rcu;
 pub mod runtime;
 pub mod steer;

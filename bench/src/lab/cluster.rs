@@ -52,20 +52,38 @@ impl Lab {
                 let _ = writeln!(y, "  - {{type: ExternalIP, address: {a}}}");
             }
         }
+        for (name, labels) in &self.namespaces {
+            let doc = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels}});
+            let _ = write!(y, "---\n{doc}\n");
+        }
         for (i, p) in self.pods.iter().enumerate() {
             if self.absent.contains(&i) {
                 continue;
             }
-            let tap = if self.taps {
-                format!("    xdpnet.io/tap-netns: /run/netns/{}\n", p.ns)
-            } else {
-                String::new()
-            };
-            let _ = write!(
-                y,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: lab\n  annotations:\n    xdpnet.io/interface: {}\n    xdpnet.io/mac: \"{}\"\n{tap}spec:\n  nodeName: {}\n  containers: []\nstatus:\n  phase: Running\n  podIP: {}\n",
-                p.name, p.host_if, p.mac, self.nodes[p.node].name, p.ip
-            );
+            let mut ann =
+                serde_json::json!({"xdpnet.io/interface": p.host_if, "xdpnet.io/mac": p.mac});
+            if self.taps {
+                ann["xdpnet.io/tap-netns"] = serde_json::json!(format!("/run/netns/{}", p.ns));
+            }
+            let ports: Vec<serde_json::Value> = p
+                .ports
+                .iter()
+                .map(|pp| {
+                    let mut v =
+                        serde_json::json!({"containerPort": pp.port, "protocol": pp.protocol});
+                    if let Some(n) = &pp.name {
+                        v["name"] = serde_json::json!(n);
+                    }
+                    v
+                })
+                .collect();
+            let doc = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels, "annotations": ann},
+                "spec": {"nodeName": self.nodes[p.node].name,
+                         "containers": [{"name": "serve", "ports": ports}]},
+                "status": {"phase": "Running", "podIP": p.ip.to_string()}});
+            let _ = write!(y, "---\n{doc}\n");
         }
         for s in &self.services {
             let ty = if s.node_port.is_some() {
@@ -95,6 +113,12 @@ impl Lab {
                     p.ip, self.nodes[p.node].name
                 );
             }
+        }
+        for svc in &self.file_services {
+            let _ = write!(y, "---\n{svc}\n---\n{}\n", self.file_slice(svc));
+        }
+        for o in &self.file_objects {
+            let _ = write!(y, "---\n{o}\n");
         }
         for doc in &self.extra_objects {
             let _ = write!(y, "---\n{}\n", doc.trim_end());

@@ -30,12 +30,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod cluster_file;
 mod daemons;
 mod netns;
 mod pcap;
 mod topology;
 mod traffic;
 
+pub use cluster_file::{ClusterFile, FilePod, PodPort, serve_forever};
 use netns::ip;
 pub use netns::{
     cleanup_on_signal, fifo_queue, in_ns, link_drop_places, link_drops, namespaces, no_ipv6,
@@ -109,6 +111,12 @@ pub struct LabPod {
     pub mac: String,
     /// Host-side interface in the node namespace.
     pub host_if: String,
+    /// Its Kubernetes namespace (`lab` unless a cluster file says otherwise).
+    pub namespace: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The ports it serves (TCP and UDP [`POD_PORT`] unless a cluster file says otherwise).
+    pub ports: Vec<PodPort>,
 }
 
 /// What to build.
@@ -143,6 +151,10 @@ pub struct LabSpec {
     /// VXLAN overhead), on both paths. Above what one UMEM frame holds the daemons carry a
     /// frame in several (AF_XDP multi-buffer).
     pub mtu: u16,
+    /// The cluster from a file of Kubernetes objects (`lab up --cluster`): its namespaces,
+    /// pods (on the nodes they name, serving the ports they declare), services and policies
+    /// instead of the default pods and services.
+    pub cluster: Option<ClusterFile>,
 }
 
 impl LabSpec {
@@ -161,6 +173,7 @@ impl LabSpec {
             kube_api: false,
             taps: false,
             mtu: 1500,
+            cluster: None,
         }
     }
 }
@@ -216,6 +229,12 @@ pub struct Lab {
     pub taps: bool,
     /// The underlay's MTU ([`LabSpec::mtu`]).
     pub mtu: u16,
+    /// Kubernetes namespaces and their labels.
+    pub namespaces: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Services of a cluster file (their EndpointSlices follow the pods' labels).
+    pub file_services: Vec<serde_json::Value>,
+    /// Other objects of cluster files (policies...), one each.
+    pub file_objects: Vec<serde_json::Value>,
     /// The API server double (and its listeners in the other node namespaces).
     api: Vec<xdpnet_control::api_double::ApiDouble>,
     /// (kind, key) of the objects given to the API double.

@@ -58,8 +58,13 @@ pub fn fifo_queue(ns: &str, dev: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// Runs `f` on a thread inside network namespace `ns` (sockets it makes stay in `ns`).
+/// Runs `f` on a thread inside network namespace `ns` (sockets it makes stay in `ns`); an
+/// empty `ns` is the namespace this process is in.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    if ns.is_empty() {
+        // The namespace this process is in.
+        return Ok(f());
+    }
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || -> Result<T> {
         let fd = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;

@@ -62,6 +62,9 @@ impl Lab {
             max_pods: spec.max_pods,
             taps: spec.taps,
             mtu: spec.mtu,
+            namespaces: [("lab".to_string(), Default::default())].into(),
+            file_services: Vec::new(),
+            file_objects: Vec::new(),
             api: Vec::new(),
             api_objects: Default::default(),
             keep: false,
@@ -87,10 +90,29 @@ impl Lab {
                     ip: Ipv4Addr::new(10, 244, i as u8, 10 + j as u8),
                     mac: format!("02:00:0a:f4:{i:02x}:{:02x}", 10 + j),
                     host_if: format!("xnp{j}"),
+                    namespace: "lab".into(),
+                    labels: [("pod".to_string(), format!("pod-{i}-{j}"))].into(),
+                    ports: ["TCP", "UDP"]
+                        .map(|p| PodPort {
+                            name: None,
+                            port: POD_PORT,
+                            protocol: p.into(),
+                        })
+                        .to_vec(),
                 });
             }
         }
         lab.services = lab.default_services();
+        if let Some(cf) = &spec.cluster {
+            if cf.nodes_needed() > spec.nodes {
+                bail!(
+                    "the cluster file puts pods on {} nodes; the lab has {} (--nodes)",
+                    cf.nodes_needed(),
+                    spec.nodes
+                );
+            }
+            lab.load_cluster(cf)?;
+        }
         lab.wire()?;
         if spec.kube_api {
             for n in lab.nodes.clone() {
@@ -196,7 +218,7 @@ impl Lab {
 
     /// Pod `p`'s `eth0` (a veth with its host end, or a tap) with its MAC, MTU, address,
     /// queue, gateway neighbour and default route.
-    fn pod_link(&self, p: &LabPod) -> Result<()> {
+    pub(super) fn pod_link(&self, p: &LabPod) -> Result<()> {
         let node = &self.nodes[p.node];
         let mtu = self.pod_mtu().to_string();
         if self.taps {

@@ -4,10 +4,11 @@
 use super::*;
 
 impl Lab {
-    /// Starts the pod servers: in every pod, TCP and UDP on [`POD_PORT`].
+    /// Starts the pod servers: in every pod, the ports it declares (TCP and UDP on
+    /// [`POD_PORT`] for the default pods).
     pub fn serve_all(&mut self) -> Result<()> {
-        for p in self.pods.clone() {
-            self.servers.push(Server::start(&p.ns, &p.name, POD_PORT)?);
+        for i in 0..self.pods.len() {
+            self.serve_pod(i)?;
         }
         Ok(())
     }
@@ -35,21 +36,42 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts serving in `ns` on `port`.
+    /// Starts serving in `ns` on `port`, TCP and UDP.
     pub fn start(ns: &str, name: &str, port: u16) -> Result<Server> {
-        let (tcp, udp) = in_ns(ns, move || -> std::io::Result<(TcpListener, UdpSocket)> {
-            Ok((
-                TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?,
-                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?,
-            ))
-        })?
+        Self::start_on(ns, name, port, true, true)
+    }
+
+    /// Starts serving in `ns` on `port` over TCP, UDP or both.
+    pub fn start_on(ns: &str, name: &str, port: u16, on_tcp: bool, on_udp: bool) -> Result<Server> {
+        let (tcp, udp) = in_ns(
+            ns,
+            move || -> std::io::Result<(Option<TcpListener>, Option<UdpSocket>)> {
+                Ok((
+                    on_tcp
+                        .then(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+                        .transpose()?,
+                    on_udp
+                        .then(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+                        .transpose()?,
+                ))
+            },
+        )?
         .with_context(|| format!("binding port {port} in {ns}"))?;
-        tcp.set_nonblocking(true)?;
-        udp.set_read_timeout(Some(Duration::from_millis(50)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let (st, n) = (stop.clone(), name.to_string());
-        threads.push(std::thread::spawn(move || {
+        if let Some(tcp) = tcp {
+            tcp.set_nonblocking(true)?;
+            threads.push(Self::tcp_loop(tcp, stop.clone(), name.to_string()));
+        }
+        if let Some(udp) = udp {
+            udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+            threads.push(Self::udp_loop(udp, stop.clone(), name.to_string()));
+        }
+        Ok(Server { stop, threads })
+    }
+
+    fn tcp_loop(tcp: TcpListener, st: Arc<AtomicBool>, n: String) -> JoinHandle<()> {
+        std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match tcp.accept() {
                     Ok((mut c, peer)) => {
@@ -77,14 +99,16 @@ impl Server {
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
-        }));
-        let (st, n) = (stop.clone(), name.to_string());
+        })
+    }
+
+    fn udp_loop(udp: UdpSocket, st: Arc<AtomicBool>, n: String) -> JoinHandle<()> {
         // Answers leave from the address the datagram was sent to (IP_PKTINFO), as DNS
         // servers do: a socket on 0.0.0.0 would otherwise answer from the route's preferred
         // source (for pods: the host port's gateway address).
         let _ =
             nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::Ipv4PacketInfo, &true);
-        threads.push(std::thread::spawn(move || {
+        std::thread::spawn(move || {
             use nix::sys::socket::{self as so, ControlMessage, ControlMessageOwned, MsgFlags};
             use std::io::{IoSlice, IoSliceMut};
             use std::os::fd::AsRawFd;
@@ -131,8 +155,7 @@ impl Server {
                     Some(&from),
                 );
             }
-        }));
-        Ok(Server { stop, threads })
+        })
     }
 
     /// Starts an HTTP server in `ns` on `port`: every request gets `200 OK` with `name` as

@@ -139,6 +139,32 @@ enum Cmd {
         /// Conntrack entries to print.
         #[arg(long, default_value_t = 20)]
         conntrack: usize,
+        /// `policy NAMESPACE/POD`: only the network policy rules in force for that pod (both
+        /// directions, tier by tier), and the policies' counters.
+        what: Vec<String>,
+    },
+    /// The network policy verdict on a flow, and the rule (or the default) that decided it, for
+    /// each end that is a pod of this node. Addresses as the pods see them (a Service's
+    /// backend, not its ClusterIP).
+    Explain {
+        /// The daemon's inspect socket.
+        #[arg(long, default_value = DEFAULT_INSPECT_SOCKET)]
+        socket: PathBuf,
+        /// Source address.
+        #[arg(long)]
+        from: std::net::Ipv4Addr,
+        /// Destination address.
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        /// tcp, udp, sctp, icmp or a protocol number.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// Destination port.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -152,9 +178,34 @@ fn run(a: Args) -> anyhow::Result<()> {
         socket,
         json,
         conntrack,
+        what,
     }) = &a.cmd
     {
-        return xdpnet_control::inspect::print(socket, *json, *conntrack);
+        return match what.as_slice() {
+            [] => xdpnet_control::inspect::print(socket, *json, *conntrack),
+            [w, pod] if w == "policy" => xdpnet_control::inspect::print_policy(socket, pod, *json),
+            _ => anyhow::bail!("inspect takes nothing, or `policy NAMESPACE/POD`"),
+        };
+    }
+    if let Some(Cmd::Explain {
+        socket,
+        from,
+        to,
+        protocol,
+        port,
+        json,
+    }) = &a.cmd
+    {
+        let proto = xdpnet_control::policy::Flow::protocol(protocol).ok_or_else(|| {
+            anyhow::anyhow!("protocol {protocol:?}: tcp, udp, sctp, icmp or a number")
+        })?;
+        let flow = xdpnet_control::policy::Flow {
+            src: *from,
+            dst: *to,
+            proto,
+            port: *port,
+        };
+        return xdpnet_control::inspect::print_explain(socket, flow, *json);
     }
     if let Some(Cmd::Cleanup) = &a.cmd {
         if xdpnet_control::masq::installed() {

@@ -40,6 +40,7 @@ pub(super) fn run(
         d.refresh_neighbours(&mut last_neigh);
         if last_slow.elapsed() >= Duration::from_secs(1) {
             last_slow = Instant::now();
+            d.absent_kinds = source.absent_kinds();
             d.slow_tick();
         }
     }

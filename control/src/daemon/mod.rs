@@ -135,6 +135,8 @@ struct Daemon {
     cni_pods: BTreeMap<String, CniPod>,
     /// Tap descriptors the CNI endpoint opened, until their pod is attached.
     tap_fds: BTreeMap<String, std::os::fd::OwnedFd>,
+    /// Kinds the source cannot deliver (an optional CRD not installed).
+    absent_kinds: Vec<crate::state::Kind>,
 }
 
 /// Runs the daemon until `stop` is set. `reload` forces a re-read of the state.

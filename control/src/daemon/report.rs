@@ -187,8 +187,28 @@ impl Daemon {
             "routes": routes,
             "node_addresses": strs(&fib.node().addrs),
             "conntrack": self.conntrack_dump(ct_limit),
+            "policy": self.policy_dump(&fib),
             "counters": self.dp.workers().iter().map(worker_json).collect::<Vec<_>>(),
         })
+    }
+
+    /// The policy in force for this node's pods, and each policy's counters.
+    fn policy_dump(&self, fib: &xdpnet_dataplane::fib::Fib) -> Value {
+        let st = self.ctl.state();
+        let pods: Vec<(Ipv4Addr, String, u32)> = fib
+            .endpoints()
+            .filter(|e| e.policy_id != 0)
+            .map(|e| {
+                let key = st
+                    .pods
+                    .iter()
+                    .find(|(_, p)| crate::policy::pod_ipv4(p) == Some(e.ip))
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| e.ip.to_string());
+                (e.ip, key, e.policy_id)
+            })
+            .collect();
+        crate::policy::table_json(fib.policy(), &pods)
     }
 
     /// Conntrack entries (up to `limit` of them) and their total.
@@ -324,6 +344,37 @@ impl Daemon {
             "Time from the first event of a batch to its table being published.",
             &m.event_to_publish,
         );
+        let fib = self.dp.fib();
+        t.family(
+            "xdpnet_policy_flows_total",
+            "counter",
+            "New flows a network policy's rules allowed or denied on this node (policies that apply to its pods).",
+        );
+        for o in fib.policy().origins.iter() {
+            let name = o.name.replace('\\', "\\\\").replace('"', "\\\"");
+            t.sample(
+                "xdpnet_policy_flows_total",
+                &format!("policy=\"{name}\",verdict=\"allowed\""),
+                o.allowed(),
+            );
+            t.sample(
+                "xdpnet_policy_flows_total",
+                &format!("policy=\"{name}\",verdict=\"denied\""),
+                o.denied(),
+            );
+        }
+        t.family(
+            "xdpnet_source_kind_absent",
+            "gauge",
+            "Kinds the API server does not serve (an optional CRD not installed): not watched.",
+        );
+        for k in &self.absent_kinds {
+            t.sample(
+                "xdpnet_source_kind_absent",
+                &format!("kind=\"{}\"", k.name()),
+                1,
+            );
+        }
         let st = self.ctl.state();
         t.family("xdpnet_objects", "gauge", "Objects held, per kind.");
         for (k, n) in [
@@ -332,6 +383,8 @@ impl Daemon {
             (Kind::Service, st.services.len()),
             (Kind::EndpointSlice, st.slices.len()),
             (Kind::Namespace, st.namespaces.len()),
+            (Kind::NetworkPolicy, st.network_policies.len()),
+            (Kind::ClusterNetworkPolicy, st.cluster_policies.len()),
         ] {
             t.sample("xdpnet_objects", &format!("kind=\"{}\"", k.name()), n);
         }

@@ -232,6 +232,7 @@ pub(super) fn start(
         pods: BTreeMap::new(),
         attach_errors: BTreeMap::new(),
         warnings: Vec::new(),
+        absent_kinds: Vec::new(),
         logged: BTreeSet::new(),
         metrics: ControlMetrics::default(),
         degraded: false,

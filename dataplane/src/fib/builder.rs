@@ -49,6 +49,8 @@ pub struct FibBuilder {
     endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     nodes: BTreeMap<String, RemoteNodeSpec>,
     services: BTreeMap<String, SvcEntry>,
+    policy: Arc<crate::policy::PolicyTable>,
+    dirty_policy: bool,
     generation: u64,
     last: Option<Fib>,
     dirty_ports: bool,
@@ -73,6 +75,8 @@ impl FibBuilder {
             endpoints: BTreeMap::new(),
             nodes: BTreeMap::new(),
             services: BTreeMap::new(),
+            policy: Arc::default(),
+            dirty_policy: false,
             generation: 0,
             last: None,
             dirty_ports: true,
@@ -274,6 +278,7 @@ impl FibBuilder {
             || self.dirty_nodes
             || self.dirty_index
             || !self.dirty_backends.is_empty()
+            || self.dirty_policy
     }
 
     /// Builds the next snapshot (a new generation even if nothing changed). Never fails: input
@@ -355,14 +360,33 @@ impl FibBuilder {
             remotes,
             lbs,
             index,
+            policy: self.policy.clone(),
         };
         self.dirty_ports = false;
         self.dirty_endpoints = false;
         self.dirty_nodes = false;
         self.dirty_index = false;
+        self.dirty_policy = false;
         self.dirty_backends.clear();
         self.last = Some(fib.clone());
         fib
+    }
+
+    /// The network policy of the next snapshots: local pods' rules, found through their
+    /// endpoints' `policy_id` (set those with [`FibBuilder::upsert_endpoint`]).
+    pub fn set_policy(&mut self, policy: Arc<crate::policy::PolicyTable>) {
+        self.policy = policy;
+        self.dirty_policy = true;
+    }
+
+    /// The local endpoint at `ip`, as last upserted.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<&Endpoint> {
+        self.endpoints.get(&ip)
+    }
+
+    /// The policy table the next snapshot gets.
+    pub fn policy(&self) -> &Arc<crate::policy::PolicyTable> {
+        &self.policy
     }
 
     /// Problems found by the last build that rebuilt the service index (conflicting frontends:

@@ -44,6 +44,7 @@ pub struct Fib {
     remotes: Arc<Remotes>,
     lbs: Arc<Vec<Arc<Lb>>>,
     index: Arc<SvcIndex>,
+    policy: Arc<crate::policy::PolicyTable>,
 }
 
 impl Fib {
@@ -188,6 +189,22 @@ impl Fib {
     /// Every built service port.
     pub fn lbs(&self) -> &[Arc<Lb>] {
         &self.lbs
+    }
+
+    /// The network policy table.
+    #[inline]
+    pub fn policy(&self) -> &crate::policy::PolicyTable {
+        &self.policy
+    }
+
+    /// The policy of the local pod at `ip`, when some policy applies to it.
+    #[inline]
+    pub fn pod_policy(&self, ip: u32) -> Option<&crate::policy::PodPolicy> {
+        let ep = self.endpoint(ip)?;
+        if ep.policy_id == 0 {
+            return None;
+        }
+        self.policy.get(ep.policy_id)
     }
 
     /// True when some UDP service port of `old` lost a backend in this snapshot (or is gone):

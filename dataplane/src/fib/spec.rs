@@ -95,7 +95,7 @@ pub struct Endpoint {
     pub mac: MacAddr,
     /// The port its host-side veth is on.
     pub port: PortId,
-    /// Network policy id (0 = none; enforcement comes later).
+    /// Network policy id: its rules are `Fib::policy().get(policy_id)` (0 = no policy applies).
     pub policy_id: u32,
 }
 

@@ -50,8 +50,11 @@ impl Pipeline {
                     0
                 };
                 ct.touch(&h, now, add);
-                rewrite(p.data_mut(), m.l4 as usize, m.proto, &t, &h.entry.xlate);
-                self.counters.nat.inc();
+                // A flow tracked for network policy alone is not translated.
+                if h.entry.xlate != t {
+                    rewrite(p.data_mut(), m.l4 as usize, m.proto, &t, &h.entry.xlate);
+                    self.counters.nat.inc();
+                }
                 if h.entry.flags & (ctf::REPLY | ctf::UPLINK) == ctf::REPLY | ctf::UPLINK {
                     return Step::Done(self.to_uplink(fib, ct, p, h.entry.mac_idx));
                 }
@@ -72,8 +75,32 @@ impl Pipeline {
             if let Some(svc) = svc {
                 return self.prepare_new_flow(cx, raw_uplink, p, m, svc);
             }
+            // Without NAT, a flow is tracked when network policy applies to one of its pods:
+            // judged once (stage five), its replies then pass.
+            if !raw_uplink && policy_applies(cx, t.src, t.dst) {
+                let rhash = ct.hash(&t.reverse());
+                ct.prefetch_bucket(rhash);
+                return Step::New(NewFlow {
+                    xlate: t,
+                    rhash,
+                    ..NewFlow::default()
+                });
+            }
         } else if m.later_fragment && fib.is_vip(t.dst) {
             return Step::Done(Verdict::Drop(DropReason::FragmentToService));
+        } else if !m.later_fragment && !raw_uplink && policy_applies(cx, t.src, t.dst) {
+            // No ports, no tracking (ICMP, other protocols): each packet is judged, except
+            // ICMP echo replies and errors, which answer something.
+            let answer = m.proto == proto::ICMP && {
+                let d = p.data();
+                wire::IcmpPacket::new_checked(&d[m.l4 as usize..])
+                    .is_ok_and(|ic| ic.msg_type() == icmp::ECHO_REPLY || ic.is_error())
+            };
+            if !answer {
+                if let Some(r) = judge(cx, &t, false) {
+                    return Step::Done(Verdict::Drop(r));
+                }
+            }
         }
         if raw_uplink {
             return Step::Done(Verdict::Drop(DropReason::NotForUs));
@@ -194,6 +221,10 @@ impl Pipeline {
         let Ctx { fib, ct, now, .. } = *cx;
         let t = m.tuple;
         let mut xlate = nf.xlate;
+        // Network policy, once per flow, after DNAT (SNAT does not change who is judged).
+        if let Some(r) = judge(cx, &xlate, true) {
+            return Verdict::Drop(r);
+        }
         let tries = if nf.masq { SNAT_TRIES } else { 1 };
         let orig_flags = if m.proto == proto::TCP {
             tcp_ct_flags(m.tcp_flags)
@@ -217,9 +248,13 @@ impl Pipeline {
         let Some(x) = bound else {
             return Verdict::Drop(DropReason::NatCollision);
         };
-        self.counters.new_flows.inc();
-        self.counters.nat.inc();
-        rewrite(p.data_mut(), m.l4 as usize, m.proto, &t, &x);
+        if x == t {
+            self.counters.policy_flows.inc();
+        } else {
+            self.counters.new_flows.inc();
+            self.counters.nat.inc();
+            rewrite(p.data_mut(), m.l4 as usize, m.proto, &t, &x);
+        }
         self.route(fib, m.decapped, false, p, x.dst, m.hash)
     }
 
@@ -350,6 +385,45 @@ impl Pipeline {
         }
         Some(self.route(fib, m.decapped, false, p, new_q.src, m.hash))
     }
+}
+
+/// True when network policy applies to the source (a pod of this node sending on its own
+/// port) or to the destination (a pod of this node) of a flow from `src` to `dst`.
+#[inline]
+pub(super) fn policy_applies(cx: &Ctx<'_>, src: u32, dst: u32) -> bool {
+    (matches!(cx.kind, PortKind::Pod { .. }) && cx.fib.pod_policy(src).is_some())
+        || cx.fib.pod_policy(dst).is_some()
+}
+
+/// Judges a new flow `x` (as it will leave: after DNAT and SNAT) by network policy: egress of
+/// the source pod when it was sent by a pod of this node, against the destination; ingress
+/// of the destination pod when it is one of this node's, against the source as the pod sees
+/// it (traffic from this node itself — the host port, or masqueraded to one of the node's
+/// addresses — is allowed, as kubelet probes must be). Counts the verdict against the policy
+/// that decided it; the drop reason when denied.
+#[inline]
+pub(super) fn judge(cx: &Ctx<'_>, x: &Tuple, has_ports: bool) -> Option<DropReason> {
+    let fib = cx.fib;
+    let table = fib.policy();
+    if let PortKind::Pod { ip, .. } = cx.kind {
+        if let Some(pp) = fib.pod_policy(u32::from(ip)) {
+            let j = pp.egress.judge(x.dst, x.proto, x.dport, has_ports);
+            table.count(j);
+            if !j.allows() {
+                return Some(DropReason::PolicyEgress);
+            }
+        }
+    }
+    if cx.kind != PortKind::Host && !fib.is_own_addr(x.src) {
+        if let Some(pp) = fib.pod_policy(x.dst) {
+            let j = pp.ingress.judge(x.src, x.proto, x.dport, has_ports);
+            table.count(j);
+            if !j.allows() {
+                return Some(DropReason::PolicyIngress);
+            }
+        }
+    }
+    None
 }
 
 /// The `k`th masquerade source port candidate for a flow.
