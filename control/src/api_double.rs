@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The collections served: URL path, list kind, object kind, apiVersion.
-pub const COLLECTIONS: [(&str, &str, &str); 5] = [
+pub const COLLECTIONS: [(&str, &str, &str); 7] = [
     ("/api/v1/nodes", "Node", "v1"),
     ("/api/v1/pods", "Pod", "v1"),
     ("/api/v1/services", "Service", "v1"),
@@ -31,6 +31,16 @@ pub const COLLECTIONS: [(&str, &str, &str); 5] = [
         "discovery.k8s.io/v1",
     ),
     ("/api/v1/namespaces", "Namespace", "v1"),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "NetworkPolicy",
+        "networking.k8s.io/v1",
+    ),
+    (
+        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
+        "ClusterNetworkPolicy",
+        "policy.networking.k8s.io/v1alpha2",
+    ),
 ];
 
 #[derive(Debug, Default)]

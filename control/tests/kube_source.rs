@@ -88,15 +88,16 @@ fn backends(st: &ClusterState) -> Vec<String> {
 }
 
 #[test]
-fn lists_then_watches_this_nodes_pods_and_strips_objects() {
+fn lists_then_watches_every_pod_and_strips_objects() {
     let api = world();
     let mut src = KubeSource::start("node-1", Some(api.url())).expect("client");
     let mut st = ClusterState::default();
     pump(&mut src, &mut st, 15, |st, src| {
-        !src.degraded() && st.counts() == [2, 1, 1, 1]
+        !src.degraded() && st.counts() == [2, 2, 1, 1]
     });
-    // Only this node's pods (fieldSelector).
-    assert!(st.pods.contains_key("demo/a") && !st.pods.contains_key("demo/b"));
+    // Every pod, this node's and the others' (network policy peers are anywhere; the table
+    // takes only this node's).
+    assert!(st.pods.contains_key("demo/a") && st.pods.contains_key("demo/b"));
     assert_eq!(st.namespaces.len(), 1);
     // Stripped: managed fields, foreign annotations, node labels and conditions, pod containers,
     // slice hints.
@@ -138,13 +139,31 @@ fn lists_then_watches_this_nodes_pods_and_strips_objects() {
         evs.iter()
             .any(|e| matches!(e, Event::Delete(Kind::Service, k) if k == "demo/web"))
     );
-    // Pods of other nodes never arrive.
-    api.upsert(pod("c", "node-2", "10.244.2.11"));
+    // Pods of other nodes arrive too (policy peers), with their labels and named ports.
+    let mut c = pod("c", "node-2", "10.244.2.11");
+    c["spec"]["containers"][0]["ports"] =
+        json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}]);
+    api.upsert(c);
     api.upsert(pod("d", "node-1", "10.244.1.11"));
     pump(&mut src, &mut st, 10, |st, _| {
-        st.pods.contains_key("demo/d")
+        st.pods.contains_key("demo/d") && st.pods.contains_key("demo/c")
     });
-    assert!(!st.pods.contains_key("demo/c"));
+    let c = &st.pods["demo/c"];
+    let ports = c
+        .spec
+        .as_ref()
+        .map(|s| &s.containers)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(
+        ports[0].ports.as_ref().map(|p| p[0].name.clone()),
+        Some(Some("http".into()))
+    );
+    assert!(
+        ports[0].image.is_none(),
+        "only the ports of a container are kept"
+    );
 }
 
 #[test]
