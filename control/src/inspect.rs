@@ -328,18 +328,18 @@ pub fn print_explain(socket: &Path, flow: crate::policy::Flow, json: bool) -> an
         } else {
             format!(" rule {}", s(&st["rule"]))
         };
-        println!(
-            "  {} of {}: {} by {} ({}{rule})",
-            s(&st["direction"]),
-            s(&st["pod"]),
-            if st["allowed"].as_bool() == Some(true) {
-                "allowed"
-            } else {
-                "denied"
-            },
-            s(&st["by"]),
-            s(&st["tier"]),
-        );
+        let verdict = if st["allowed"].as_bool() == Some(true) {
+            "allowed"
+        } else {
+            "denied"
+        };
+        // A rule decided: "denied by POLICY (tier rule N)"; else the reason as it is.
+        let how = if st["rule"].is_null() {
+            format!("{verdict}: {}", s(&st["by"]))
+        } else {
+            format!("{verdict} by {} ({}{rule})", s(&st["by"]), s(&st["tier"]))
+        };
+        println!("  {} of {}: {how}", s(&st["direction"]), s(&st["pod"]));
     }
     Ok(())
 }
