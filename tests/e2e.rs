@@ -762,34 +762,6 @@ fn tap_pods_keep_their_offloads_and_reach_everything_with_segments_cut_and_merge
     );
 }
 
-/// Pings of `size` bytes of payload that must not be fragmented (`-M do`).
-fn ping_whole(ns: &str, to: Ipv4Addr, size: u32) -> Result<()> {
-    lab::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            &size.to_string(),
-            &to.to_string(),
-        ],
-    )
-    .map(|_| ())
-    .with_context(|| format!("{size}-byte unfragmented ping from {ns} to {to}"))
-}
-
 /// The workers' chain counters (frames carried in several UMEM frames), summed.
 fn chains(s: &serde_json::Value) -> (u64, u64) {
     let ws = s["workers"].as_array().cloned().unwrap_or_default();
@@ -833,11 +805,11 @@ fn a_jumbo_mtu_lab_carries_whole_9000_byte_frames_for_pods_and_services() {
                     lab.pods[1].clone(),
                     lab.pods[2].clone(),
                 );
-                ping_whole(&a.ns, b.ip, 8922)?;
-                ping_whole(&a.ns, c.ip, 8922)?;
-                ping_whole(&c.ns, a.ip, 8922)?;
+                lab::ping_whole(&a.ns, b.ip, 8922)?;
+                lab::ping_whole(&a.ns, c.ip, 8922)?;
+                lab::ping_whole(&c.ns, a.ip, 8922)?;
                 assert!(
-                    ping_whole(&a.ns, c.ip, 8923).is_err(),
+                    lab::ping_whole(&a.ns, c.ip, 8923).is_err(),
                     "{what}: 8951-byte packet"
                 );
                 pods_reach_pods(lab).with_context(|| format!("{what} pods"))?;

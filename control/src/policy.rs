@@ -795,11 +795,12 @@ impl Compiler {
             origins.push(o);
             (origins.len() - 1) as u32
         }
+        let local: BTreeSet<u32> = local.iter().map(|&ip| u32::from(ip)).collect();
         let local_idx: BTreeMap<u32, usize> = ix
             .pods
             .iter()
             .enumerate()
-            .filter(|(_, p)| local.contains(&Ipv4Addr::from(p.ip)))
+            .filter(|(_, p)| local.contains(&p.ip))
             .map(|(i, p)| (p.ip, i))
             .collect();
         let mut per: BTreeMap<usize, PodPolicy> = BTreeMap::new();

@@ -231,6 +231,19 @@ impl Lab {
         }
     }
 
+    fn check_node(&self, fp: &FilePod) -> Result<()> {
+        if fp.node >= self.nodes.len() {
+            bail!(
+                "pod {}/{} is on node-{}: the lab has {} nodes",
+                fp.namespace,
+                fp.name,
+                fp.node + 1,
+                self.nodes.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Takes a cluster file's objects as the lab's cluster (before it is wired).
     pub(super) fn load_cluster(&mut self, cf: &ClusterFile) -> Result<()> {
         self.pods.clear();
@@ -240,15 +253,7 @@ impl Lab {
             self.namespaces.insert(n.clone(), l.clone());
         }
         for fp in &cf.pods {
-            if fp.node >= self.nodes.len() {
-                bail!(
-                    "pod {}/{} is on node-{}: the lab has {} nodes",
-                    fp.namespace,
-                    fp.name,
-                    fp.node + 1,
-                    self.nodes.len()
-                );
-            }
+            self.check_node(fp)?;
             if self.pod_in(&fp.namespace, &fp.name).is_some() {
                 bail!("pod {}/{} twice", fp.namespace, fp.name);
             }
@@ -405,15 +410,7 @@ impl Lab {
                     self.absent.remove(&i);
                 }
                 None => {
-                    if fp.node >= self.nodes.len() {
-                        bail!(
-                            "pod {}/{} is on node-{}: the lab has {} nodes",
-                            fp.namespace,
-                            fp.name,
-                            fp.node + 1,
-                            self.nodes.len()
-                        );
-                    }
+                    self.check_node(fp)?;
                     self.namespaces.entry(fp.namespace.clone()).or_default();
                     let p = self.new_pod(fp);
                     ip(&["netns", "add", &p.ns])?;
@@ -466,7 +463,8 @@ impl Lab {
         for ns in gone_ns {
             // Its servers and the namespace go; the daemon detaches the port when its link
             // disappears or the state no longer lists the pod.
-            let _ = teardown_namespace(&ns);
+            super::netns::stop_processes(&ns);
+            let _ = ip(&["netns", "del", &ns]);
         }
         Ok(())
     }
@@ -484,18 +482,6 @@ fn served(ports: &[PodPort]) -> Vec<(u16, bool, bool)> {
         }
     }
     m.into_iter().map(|(p, (t, u))| (p, t, u)).collect()
-}
-
-/// Ends every process of namespace `ns` and deletes it.
-fn teardown_namespace(ns: &str) -> Result<()> {
-    let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
-    for p in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    ip(&["netns", "del", ns])
 }
 
 /// `lab serve-pod`: serves TCP and UDP ports as `name` until killed.

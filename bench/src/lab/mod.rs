@@ -45,8 +45,8 @@ pub use netns::{
 };
 pub use pcap::{Capture, parse_pcap};
 pub use traffic::{
-    Exchange, Server, UdpSink, http_get, ping, tcp_exchange, tcp_whoami, udp_blast, udp_exchange,
-    udp_whoami,
+    Exchange, Server, UdpSink, http_get, ping, ping_whole, tcp_exchange, tcp_whoami, udp_blast,
+    udp_exchange, udp_whoami,
 };
 
 /// The gateway MAC every node's dataplane answers with (the daemon's default).

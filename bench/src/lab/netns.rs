@@ -146,29 +146,34 @@ pub fn namespaces(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Ends every process in namespace `ns`: SIGTERM, then SIGKILL for what is left after 3 s.
+pub(super) fn stop_processes(ns: &str) {
+    for sig in [libc_sig::TERM, libc_sig::KILL] {
+        let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+        let pids: Vec<i32> = pids.lines().filter_map(|p| p.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3)
+            && !run("ip", &["netns", "pids", ns])
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Kills every process in the lab's namespaces and deletes the namespaces.
 pub fn teardown(prefix: &str) -> usize {
     let nss = namespaces(prefix);
     for ns in &nss {
-        for sig in [libc_sig::TERM, libc_sig::KILL] {
-            let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
-            let pids: Vec<i32> = pids.lines().filter_map(|p| p.trim().parse().ok()).collect();
-            if pids.is_empty() {
-                break;
-            }
-            for p in &pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
-            }
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(3)
-                && !run("ip", &["netns", "pids", ns])
-                    .unwrap_or_default()
-                    .trim()
-                    .is_empty()
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        stop_processes(ns);
     }
     for ns in &nss {
         let _ = ip(&["netns", "del", ns]);

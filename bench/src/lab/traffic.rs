@@ -363,25 +363,25 @@ pub(super) fn udp_ask(to: SocketAddrV4, msg: &[u8]) -> Result<String> {
 
 /// `ping -c count` from `ns`.
 pub fn ping(ns: &str, to: Ipv4Addr, count: u32) -> Result<()> {
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &to.to_string(),
-        ],
-    )
-    .map(|_| ())
+    ping_with(ns, to, count, &[])
+}
+
+/// Two pings from `ns` carrying `size` bytes of payload that must not be fragmented on the
+/// way (`-M do`): a packet of `size + 28` bytes crosses whole or not at all.
+pub fn ping_whole(ns: &str, to: Ipv4Addr, size: u32) -> Result<()> {
+    ping_with(ns, to, 2, &["-M", "do", "-s", &size.to_string()])
+        .with_context(|| format!("{size}-byte unfragmented ping from {ns} to {to}"))
+}
+
+fn ping_with(ns: &str, to: Ipv4Addr, count: u32, extra: &[&str]) -> Result<()> {
+    let count = count.to_string();
+    let to = to.to_string();
+    let mut args = vec![
+        "netns", "exec", ns, "ping", "-n", "-q", "-c", &count, "-i", "0.2", "-W", "2",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&to);
+    run("ip", &args).map(|_| ())
 }
 
 /// A UDP sink in a lab namespace: counts datagrams and bytes.

@@ -391,6 +391,10 @@ impl Pipeline {
 /// port) or to the destination (a pod of this node) of a flow from `src` to `dst`.
 #[inline]
 pub(super) fn policy_applies(cx: &Ctx<'_>, src: u32, dst: u32) -> bool {
+    // No pod of this node has policy (the common case): no endpoint lookups per packet.
+    if cx.fib.policy().pods.is_empty() {
+        return false;
+    }
     (matches!(cx.kind, PortKind::Pod { .. }) && cx.fib.pod_policy(src).is_some())
         || cx.fib.pod_policy(dst).is_some()
 }
